@@ -1,0 +1,147 @@
+//! Dead letters: why a job was given up on, written into its headers.
+//!
+//! A dead letter is the original message, body and properties unchanged, plus
+//! the contract's `x-sms-*` headers (section 4), published to `sms.dlx` and
+//! confirmed before the original is acked. The same headers are read back by
+//! the `dlq` commands.
+
+use std::fmt;
+
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+
+use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, HEADER_TWILIO_CODE};
+
+/// Why a job was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The body broke a rule of the message shape.
+    InvalidJob,
+    /// No template for the job's type, and no Generic template.
+    NoTemplate,
+    /// The code went stale before it could be sent.
+    Expired,
+    /// Twilio refused it for good (this recipient or this content).
+    Rejected,
+    /// Every attempt failed with a transient error.
+    RetriesExhausted,
+    /// Refused by abuse limits.
+    Blocked,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::InvalidJob,
+        Reason::NoTemplate,
+        Reason::Expired,
+        Reason::Rejected,
+        Reason::RetriesExhausted,
+        Reason::Blocked,
+    ];
+
+    /// The contract's spelling, used in headers, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidJob => "invalid_job",
+            Reason::NoTemplate => "no_template",
+            Reason::Expired => "expired",
+            Reason::Rejected => "rejected",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::Blocked => "blocked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The facts written into a dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub reason: Reason,
+    /// What went wrong, without personal data.
+    pub error: &'a str,
+    /// Twilio calls made for the job.
+    pub attempts: u32,
+    pub twilio_code: Option<u32>,
+}
+
+impl DeadLetter<'_> {
+    /// The original properties with the dead-letter headers added (and the
+    /// broker's redelivery counter removed).
+    pub fn properties(&self, original: &BasicProperties) -> BasicProperties {
+        let mut headers = without(
+            original.headers().as_ref(),
+            &[topology::HEADER_DELIVERY_COUNT, HEADER_TWILIO_CODE],
+        );
+        topology::set_str(&mut headers, HEADER_REASON, self.reason.as_str());
+        topology::set_str(&mut headers, HEADER_ERROR, self.error);
+        topology::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(self.attempts));
+        if let Some(code) = self.twilio_code {
+            topology::set_i64(&mut headers, HEADER_TWILIO_CODE, i64::from(code));
+        }
+        original.clone().with_headers(headers)
+    }
+}
+
+/// A copy of `headers` without the named keys.
+pub fn without(headers: Option<&FieldTable>, names: &[&str]) -> FieldTable {
+    let map: std::collections::BTreeMap<_, _> = headers
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| !names.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    FieldTable::from(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{header_i64, header_str};
+
+    #[test]
+    fn adds_the_contract_headers_and_keeps_the_rest() {
+        let mut headers = FieldTable::default();
+        topology::set_str(&mut headers, "traceparent", "00-abc-def-01");
+        topology::set_i64(&mut headers, "x-delivery-count", 3);
+        let original = BasicProperties::default()
+            .with_message_id("job-1".into())
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let props = DeadLetter {
+            reason: Reason::Rejected,
+            error: "Twilio 21211 (HTTP 400): invalid To",
+            attempts: 1,
+            twilio_code: Some(21211),
+        }
+        .properties(&original);
+        let h = props.headers().as_ref();
+        assert_eq!(header_str(h, "x-sms-reason"), Some("rejected"));
+        assert_eq!(header_i64(h, "x-sms-attempts"), Some(1));
+        assert_eq!(header_i64(h, "x-sms-twilio-code"), Some(21211));
+        assert_eq!(header_str(h, "traceparent"), Some("00-abc-def-01"));
+        assert_eq!(header_i64(h, "x-delivery-count"), None);
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.as_str()),
+            Some("job-1")
+        );
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Readiness: is this worker connected, consuming and not paused?
+//!
+//! One small shared state that the worker loop writes and `/readyz` reads.
+//! Every setter also moves the matching gauge (`sms_amqp_connected`,
+//! `sms_worker_paused`), so the metric and the probe can never disagree.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Why the worker is not ready, as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotReady {
+    /// `disconnected`, `not_consuming` or `paused`.
+    pub reason: &'static str,
+    /// For a human: what is going on and what clears it.
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    connected: bool,
+    consuming: bool,
+    paused: Option<String>,
+}
+
+/// Shared readiness state. Clones share it.
+#[derive(Clone)]
+pub struct Health {
+    state: Arc<Mutex<State>>,
+    metrics: Metrics,
+}
+
+impl Health {
+    pub fn new(metrics: Metrics) -> Health {
+        Health {
+            state: Arc::new(Mutex::new(State::default())),
+            metrics,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.with(|s| s.connected = connected);
+        self.metrics.amqp_connected.set(i64::from(connected));
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.with(|s| s.consuming = consuming);
+    }
+
+    /// Marks the worker paused with a reason an operator can act on, or
+    /// resumed with `None`.
+    pub fn set_paused(&self, reason: Option<String>) {
+        let paused = reason.is_some();
+        self.with(|s| s.paused = reason);
+        self.metrics.worker_paused.set(i64::from(paused));
+    }
+
+    /// `Ok` when ready; else the first reason that holds, in the order an
+    /// operator should look at them.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.with(|s| {
+            if !s.connected {
+                Err(NotReady {
+                    reason: "disconnected",
+                    detail: "not connected to the broker; reconnecting".to_owned(),
+                })
+            } else if let Some(paused) = &s.paused {
+                Err(NotReady {
+                    reason: "paused",
+                    detail: paused.clone(),
+                })
+            } else if !s.consuming {
+                Err(NotReady {
+                    reason: "not_consuming",
+                    detail: "connected but not consuming sms.send".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_connected_consuming_and_not_paused() {
+        let h = Health::new(Metrics::new());
+        assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
+        h.set_connected(true);
+        assert_eq!(h.readiness().unwrap_err().reason, "not_consuming");
+        h.set_consuming(true);
+        assert!(h.readiness().is_ok());
+        h.set_paused(Some("Twilio 20003".to_owned()));
+        let e = h.readiness().unwrap_err();
+        assert_eq!((e.reason, e.detail.as_str()), ("paused", "Twilio 20003"));
+        h.set_paused(None);
+        h.set_connected(false);
+        assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
+    }
+}

@@ -1,0 +1,196 @@
+//! The AMQP topology: every exchange, queue and header name, declared in one place.
+//!
+//! ```text
+//! producers ──► exchange `sms` (direct) ──send──► queue `sms.send` ──► workers
+//!                    ▲                                 │ (broker-side dead letters)
+//!                    │ after the TTL                   ▼
+//!   queue `sms.retry.<N>s` (one per delay tier)   exchange `sms.dlx` (fanout) ──► queue `sms.dead`
+//!                    ▲                                 ▲
+//!                    └── worker parks a retry          └── worker dead-letters with x-sms-* headers
+//! ```
+//!
+//! [`declare`] is idempotent and runs at every start of `run`, `send` and the
+//! `dlq` commands, so whichever starts first creates everything. Declaring a
+//! queue that exists with other arguments fails; the error names the queue.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueType;
+use crate::retry::DELAY_TIERS;
+
+/// Producers publish jobs here.
+pub const EXCHANGE: &str = "sms";
+/// …with this routing key.
+pub const ROUTING_KEY: &str = "send";
+/// Workers consume jobs from here.
+pub const QUEUE: &str = "sms.send";
+/// Dead letters are published here.
+pub const DEAD_LETTER_EXCHANGE: &str = "sms.dlx";
+/// Operators read dead letters from here.
+pub const DEAD_LETTER_QUEUE: &str = "sms.dead";
+
+/// Why a job was dead-lettered (contract section 4).
+pub const HEADER_REASON: &str = "x-sms-reason";
+/// What went wrong, as text without personal data.
+pub const HEADER_ERROR: &str = "x-sms-error";
+/// Twilio calls made for the job (long).
+pub const HEADER_ATTEMPTS: &str = "x-sms-attempts";
+/// Twilio's error code, when it gave one (long).
+pub const HEADER_TWILIO_CODE: &str = "x-sms-twilio-code";
+/// When a worker first received the job, in milliseconds since the epoch
+/// (long): the expiry of a job without `expires_at` or AMQP timestamp is
+/// counted from it, across retries.
+pub const HEADER_FIRST_SEEN: &str = "x-sms-first-seen";
+/// W3C trace context of the request that asked for the code.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Set by quorum queues on redelivery; dropped when we republish.
+pub const HEADER_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// The delay queue for one tier, e.g. `sms.retry.16s`.
+pub fn delay_queue(tier: Duration) -> String {
+    format!("sms.retry.{}s", tier.as_secs())
+}
+
+/// Declares the whole topology.
+pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lapin::Error> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            DEAD_LETTER_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut work = queue_args(queue_type);
+    // Messages the broker itself gives up on (a producer's own TTL, a delivery
+    // limit set by policy) land in the dead-letter queue, not nowhere.
+    work.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(DEAD_LETTER_EXCHANGE),
+    );
+    channel
+        .queue_declare(QUEUE.into(), durable_queue, work)
+        .await?;
+    channel
+        .queue_bind(
+            QUEUE.into(),
+            EXCHANGE.into(),
+            ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .queue_declare(
+            DEAD_LETTER_QUEUE.into(),
+            durable_queue,
+            base_args(queue_type),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    for tier in DELAY_TIERS {
+        let mut args = queue_args(queue_type);
+        let ttl_ms = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert("x-dead-letter-exchange".into(), long_string(EXCHANGE));
+        args.insert("x-dead-letter-routing-key".into(), long_string(ROUTING_KEY));
+        channel
+            .queue_declare(delay_queue(tier).as_str().into(), durable_queue, args)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `x-queue-type` only.
+fn base_args(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string(queue_type.as_str()));
+    args
+}
+
+/// For queues that dead-letter: quorum queues do it at-least-once (a message
+/// on its way from a delay queue back to `sms.send` survives a broker crash),
+/// which needs `reject-publish` overflow. Classic queues dead-letter
+/// at-most-once; the README says so.
+fn queue_args(queue_type: QueueType) -> FieldTable {
+    let mut args = base_args(queue_type);
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    args
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Reads a header as an integer, whatever integer type the publisher used.
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a header as text.
+pub fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Sets a header to a long integer.
+pub fn set_i64(headers: &mut FieldTable, name: &str, value: i64) {
+    headers.insert(ShortString::from(name), AMQPValue::LongLongInt(value));
+}
+
+/// Sets a header to text.
+pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(ShortString::from(name), long_string(value));
+}

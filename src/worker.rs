@@ -1,0 +1,831 @@
+//! The worker: the life of one job, and the loop that feeds it jobs.
+//!
+//! [`Worker::handle`] is the life of one job, in order: decode → choose the
+//! template → send (retrying transient failures) → ack, park for a later retry,
+//! dead-letter, or put back. Every ack follows a safe outcome: Twilio's 201, or
+//! the broker's confirm of the dead letter or the parked retry.
+//!
+//! [`run`] is the loop around it: consume `sms.send` with a prefetch, handle
+//! every delivery in its own task (one slow Twilio call never stalls the
+//! others), stop consuming and probe while paused, follow lapin's connection
+//! recovery, and on shutdown let the jobs in flight finish within the grace
+//! period.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::broker::{self, Publisher};
+use crate::classify::Class;
+use crate::config::Config;
+use crate::dead_letter::{self, DeadLetter, Reason};
+use crate::encoding;
+use crate::health::Health;
+use crate::job::{Envelope, Job};
+use crate::metrics::Metrics;
+use crate::pause::Pause;
+use crate::recent::RecentlySent;
+use crate::retry::{RetryDecision, RetryPolicy};
+use crate::shutdown::Shutdown;
+use crate::templates::Templates;
+use crate::throttle::Throttle;
+use crate::topology::{self, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_TRACEPARENT};
+use crate::trace_context::TraceParent;
+use crate::twilio::{Accepted, Outgoing, SendError, TwilioClient};
+
+/// How a job leaves the worker's hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Twilio accepted it; acked.
+    Sent,
+    /// Acked without sending: this process sent it already.
+    Duplicate,
+    /// Dead-lettered (confirmed), then acked.
+    DeadLettered(Reason),
+    /// Parked in a delay queue (confirmed), then acked.
+    Parked,
+    /// Put back in the queue unchanged: the worker is paused.
+    Requeued,
+    /// Left unacked: the broker connection was lost, so the broker will
+    /// deliver it again.
+    Abandoned,
+}
+
+/// Where messages go: Twilio, or (with `--dry-run`) the log.
+pub enum Transport {
+    Twilio(TwilioClient),
+    /// Renders and logs, masked, instead of calling Twilio.
+    DryRun,
+}
+
+/// What one job needs, shared by every job of a worker.
+pub struct Worker {
+    templates: Templates,
+    transport: Transport,
+    publisher: Publisher,
+    retry: RetryPolicy,
+    default_ttl: Duration,
+    metrics: Metrics,
+    pause: Pause,
+    throttle: Throttle,
+    recent: RecentlySent,
+}
+
+/// The outcome of the send step.
+enum SendResult {
+    Sent(Accepted, u32),
+    Failed {
+        error: SendError,
+        attempts: u32,
+        next: Next,
+    },
+    /// The code went stale before an attempt.
+    Expired(u32),
+    /// The worker is paused; the job goes back untouched.
+    Paused,
+}
+
+/// What to do with a failed job.
+enum Next {
+    DeadLetter(Reason),
+    Park { delay: Duration, tier: Duration },
+    Requeue,
+}
+
+/// What the transport says about a delivery, besides its body.
+struct Received {
+    attempts: u32,
+    published_at: Option<SystemTime>,
+    first_seen: SystemTime,
+    trace: Option<TraceParent>,
+}
+
+impl Received {
+    fn read(properties: &BasicProperties, now: SystemTime) -> Received {
+        let headers = properties.headers().as_ref();
+        let attempts = topology::header_i64(headers, HEADER_ATTEMPTS)
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0);
+        // Producers disagree on the unit of the AMQP timestamp: seconds per
+        // the spec, milliseconds from some clients. Anything past the year
+        // 5138 in seconds is taken as milliseconds.
+        let published_at = properties.timestamp().map(|t| {
+            if t > 100_000_000_000 {
+                SystemTime::UNIX_EPOCH + Duration::from_millis(t)
+            } else {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(t)
+            }
+        });
+        let first_seen = topology::header_i64(headers, HEADER_FIRST_SEEN)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            .or(published_at)
+            .unwrap_or(now);
+        let trace = topology::header_str(headers, HEADER_TRACEPARENT).and_then(TraceParent::parse);
+        Received {
+            attempts,
+            published_at,
+            first_seen,
+            trace,
+        }
+    }
+}
+
+impl Worker {
+    /// The life of one job. Returns how it left the worker.
+    pub async fn handle(&self, delivery: Delivery, probe: bool) -> Finished {
+        let now = SystemTime::now();
+        let received = Received::read(&delivery.properties, now);
+        let envelope = Envelope {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            published_at: received.published_at,
+            first_seen: Some(received.first_seen),
+        };
+
+        // 1. Decode.
+        let job = match Job::decode(&delivery.data, &envelope, self.default_ttl, now) {
+            Ok(job) => job,
+            Err(invalid) => {
+                self.metrics.received(None);
+                let span = info_span!("job", attempt = received.attempts + 1);
+                return self
+                    .dead_letter(
+                        &delivery,
+                        Reason::InvalidJob,
+                        &invalid.to_string(),
+                        received.attempts,
+                        None,
+                    )
+                    .instrument(span)
+                    .await;
+            }
+        };
+        let trace = received.trace.clone().or_else(|| {
+            job.payload
+                .vars()
+                .get("traceparent")
+                .and_then(|v| v.as_str())
+                .and_then(TraceParent::parse)
+        });
+        let span = info_span!(
+            "job",
+            job_id = %job.id,
+            r#type = job.kind.as_str(),
+            to = %job.to.masked(),
+            attempt = received.attempts + 1,
+            redelivered = delivery.redelivered,
+            trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
+            message_sid = tracing::field::Empty,
+        );
+        self.life_of(delivery, job, received, probe)
+            .instrument(span)
+            .await
+    }
+
+    async fn life_of(
+        &self,
+        delivery: Delivery,
+        job: Job,
+        received: Received,
+        probe: bool,
+    ) -> Finished {
+        self.metrics.received(Some(job.kind));
+        if self.recent.contains(&job.id) {
+            info!(
+                outcome = "duplicate",
+                "already sent by this worker; acking the redelivery without sending"
+            );
+            return self.ack(&delivery, Finished::Duplicate).await;
+        }
+
+        // 2. Never a stale code.
+        if job.is_expired(SystemTime::now()) {
+            return self
+                .dead_letter(
+                    &delivery,
+                    Reason::Expired,
+                    "expired before it could be sent",
+                    received.attempts,
+                    None,
+                )
+                .await;
+        }
+
+        // 3. Choose the template.
+        let Some(template) = self.templates.select(job.kind, job.payload.locale()) else {
+            let error = format!(
+                "no template for type {} (locale {}) and no Generic template",
+                job.kind,
+                job.payload.locale().unwrap_or("none")
+            );
+            return self
+                .dead_letter(
+                    &delivery,
+                    Reason::NoTemplate,
+                    &error,
+                    received.attempts,
+                    None,
+                )
+                .await;
+        };
+        let body = template.render(&job.payload);
+
+        // 4. Send, retrying transient failures for as long as the budget and
+        //    the code's life allow.
+        let result = match &self.transport {
+            Transport::DryRun => {
+                info!(body = %template.render_masked(&job.payload), "dry run: not calling Twilio");
+                SendResult::Sent(
+                    Accepted {
+                        sid: "dry-run".to_owned(),
+                        status: "dry-run".to_owned(),
+                        segments: None,
+                    },
+                    received.attempts,
+                )
+            }
+            Transport::Twilio(client) => {
+                self.send(client, &job, &body, received.attempts, probe)
+                    .await
+            }
+        };
+
+        // 5. Ack, park, dead-letter or put back.
+        match result {
+            SendResult::Sent(accepted, attempts) => {
+                self.recent.insert(job.id.clone());
+                tracing::Span::current().record("message_sid", accepted.sid.as_str());
+                let counted = encoding::segments(&body);
+                let segments = accepted.segments.map_or(counted.count as u64, u64::from);
+                let age = SystemTime::now()
+                    .duration_since(received.published_at.unwrap_or(received.first_seen))
+                    .ok();
+                self.metrics.sent(job.kind, counted.encoding, segments, age);
+                info!(
+                    outcome = "sent",
+                    attempts,
+                    segments,
+                    encoding = counted.encoding.as_str(),
+                    age_ms = age.map(|a| a.as_millis() as u64),
+                    "sent"
+                );
+                self.ack(&delivery, Finished::Sent).await
+            }
+            SendResult::Expired(attempts) => {
+                self.dead_letter(
+                    &delivery,
+                    Reason::Expired,
+                    "expired before the next attempt",
+                    attempts,
+                    None,
+                )
+                .await
+            }
+            SendResult::Paused => self.requeue(&delivery).await,
+            SendResult::Failed {
+                error,
+                attempts,
+                next,
+            } => match next {
+                Next::DeadLetter(reason) => {
+                    self.dead_letter(
+                        &delivery,
+                        reason,
+                        &error.to_string(),
+                        attempts,
+                        error.twilio_code(),
+                    )
+                    .await
+                }
+                Next::Park { delay, tier } => {
+                    self.park(&delivery, &received, &error, attempts, delay, tier)
+                        .await
+                }
+                Next::Requeue => self.requeue(&delivery).await,
+            },
+        }
+    }
+
+    /// Calls Twilio until it accepts, refuses for good, or a retry must wait
+    /// longer than the in-process budget.
+    async fn send(
+        &self,
+        client: &TwilioClient,
+        job: &Job,
+        body: &str,
+        mut attempts: u32,
+        probe: bool,
+    ) -> SendResult {
+        loop {
+            let now = SystemTime::now();
+            if job.is_expired(now) {
+                return SendResult::Expired(attempts);
+            }
+            if self.pause.is_paused() && !probe {
+                return SendResult::Paused;
+            }
+            let permit = self.throttle.acquire().await;
+            let now = SystemTime::now();
+            if job.is_expired(now) {
+                return SendResult::Expired(attempts);
+            }
+            attempts += 1;
+            let started = Instant::now();
+            let result = client
+                .send(Outgoing {
+                    to: &job.to,
+                    body,
+                    validity: job.time_left(now),
+                })
+                .await;
+            drop(permit);
+            self.metrics
+                .twilio_request_duration
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(accepted) => {
+                    self.throttle.accepted();
+                    return SendResult::Sent(accepted, attempts);
+                }
+                Err(error) => error,
+            };
+            let class = error.class();
+            let class_label = if error.is_network() {
+                "network"
+            } else {
+                class.as_str()
+            };
+            self.metrics.send_failed(class_label, error.twilio_code());
+            let next = match class {
+                Class::Permanent => Next::DeadLetter(Reason::Rejected),
+                Class::Config => {
+                    if self.pause.trip(&error.to_string()) {
+                        warn!(
+                            outcome = "paused",
+                            twilio_code = error.twilio_code(),
+                            error = %error,
+                            "paused: Twilio reports an account or configuration fault that every job would hit; jobs stay queued until a probe send succeeds"
+                        );
+                    }
+                    Next::Requeue
+                }
+                Class::Transient => {
+                    if error.is_rate_limit()
+                        && let Some(cut) = self.throttle.rate_limited(error.retry_after())
+                    {
+                        warn!(
+                            limit = cut.limit,
+                            hold_ms = cut.hold.map(|h| h.as_millis() as u64),
+                            "rate limited by Twilio: fewer concurrent calls until it recovers"
+                        );
+                    }
+                    let time_left = job.time_left(SystemTime::now());
+                    match self.retry.decide(attempts, error.retry_after(), time_left) {
+                        RetryDecision::Wait(delay) => {
+                            self.metrics.retries.inc();
+                            info!(
+                                outcome = "retry",
+                                delay_ms = delay.as_millis() as u64,
+                                twilio_code = error.twilio_code(),
+                                error = %error,
+                                attempts,
+                                "retrying in the process"
+                            );
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        RetryDecision::Park { delay, tier } => Next::Park { delay, tier },
+                        RetryDecision::Exhausted => Next::DeadLetter(Reason::RetriesExhausted),
+                        RetryDecision::WouldExpire { .. } => Next::DeadLetter(Reason::Expired),
+                    }
+                }
+            };
+            return SendResult::Failed {
+                error,
+                attempts,
+                next,
+            };
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery, finished: Finished) -> Finished {
+        match delivery.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => finished,
+            Ok(false) | Err(_) => {
+                warn!("ack lost with the broker connection; the broker will deliver the job again");
+                Finished::Abandoned
+            }
+        }
+    }
+
+    async fn requeue(&self, delivery: &Delivery) -> Finished {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        match delivery.acker.nack(requeue).await {
+            Ok(true) => Finished::Requeued,
+            Ok(false) | Err(_) => Finished::Abandoned,
+        }
+    }
+
+    /// Publishes the dead letter, waits for the confirm, then acks.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: Reason,
+        error: &str,
+        attempts: u32,
+        twilio_code: Option<u32>,
+    ) -> Finished {
+        let properties = DeadLetter {
+            reason,
+            error,
+            attempts,
+            twilio_code,
+        }
+        .properties(&delivery.properties);
+        let published = self
+            .publish_until_safe(
+                delivery,
+                topology::DEAD_LETTER_EXCHANGE,
+                topology::ROUTING_KEY,
+                properties,
+            )
+            .await;
+        if !published {
+            return Finished::Abandoned;
+        }
+        self.metrics.dead_lettered(reason.as_str());
+        warn!(
+            outcome = "dead_lettered",
+            reason = reason.as_str(),
+            error,
+            attempts,
+            twilio_code,
+            "dead-lettered"
+        );
+        self.ack(delivery, Finished::DeadLettered(reason)).await
+    }
+
+    /// Publishes the job to its delay queue with the attempt count, waits for
+    /// the confirm, then acks.
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        received: &Received,
+        error: &SendError,
+        attempts: u32,
+        delay: Duration,
+        tier: Duration,
+    ) -> Finished {
+        let mut headers = dead_letter::without(
+            delivery.properties.headers().as_ref(),
+            &[topology::HEADER_DELIVERY_COUNT],
+        );
+        topology::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(attempts));
+        let first_seen_ms = received
+            .first_seen
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        topology::set_i64(&mut headers, HEADER_FIRST_SEEN, first_seen_ms);
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_expiration(delay.as_millis().to_string().into());
+        let queue = topology::delay_queue(tier);
+        if !self
+            .publish_until_safe(delivery, "", &queue, properties)
+            .await
+        {
+            return Finished::Abandoned;
+        }
+        self.metrics.retries.inc();
+        info!(
+            outcome = "retry",
+            delay_ms = delay.as_millis() as u64,
+            queue = queue.as_str(),
+            twilio_code = error.twilio_code(),
+            error = %error,
+            attempts,
+            "retry scheduled in a delay queue"
+        );
+        self.ack(delivery, Finished::Parked).await
+    }
+
+    /// Publishes a copy of the delivery's body, retrying with backoff while
+    /// the delivery can still be acked. Returns false when the delivery's
+    /// channel is gone (the broker will redeliver it, so nothing is lost).
+    async fn publish_until_safe(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+    ) -> bool {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self
+                .publisher
+                .publish(exchange, routing_key, &delivery.data, properties.clone())
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) => {
+                    if !delivery.acker.usable() {
+                        warn!(error = %e, "publish failed and the delivery's channel is gone; the broker will deliver the job again");
+                        return false;
+                    }
+                    error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// Errors that stop the worker (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the consumer of {queue} ended and could not be restarted: {detail}")]
+    ConsumerLost { queue: &'static str, detail: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Everything `run` needs besides the config.
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub shutdown: Shutdown,
+}
+
+/// Runs the worker until shutdown. Returns an error for an incident the
+/// orchestrator should see (exit code 1, then a restart).
+pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError> {
+    let RunOptions {
+        dry_run,
+        metrics,
+        health,
+        shutdown,
+    } = options;
+    let templates = config
+        .templates_required()
+        .map_err(|e| WorkerError::Setup(e.to_string()))?
+        .clone();
+    let transport = if dry_run {
+        Transport::DryRun
+    } else {
+        let settings = config
+            .twilio_required()
+            .map_err(|e| WorkerError::Setup(e.to_string()))?;
+        Transport::Twilio(
+            TwilioClient::new(settings).map_err(|e| WorkerError::Setup(e.to_string()))?,
+        )
+    };
+
+    info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
+    let connection = broker::connect(&config.broker, "sms-dispatch worker").await?;
+    health.set_connected(true);
+    watch_connection(&connection, health.clone());
+    let publisher = Publisher::open(&connection).await?;
+    topology::declare(publisher.channel(), config.broker.queue_type).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(config.broker.prefetch, BasicQosOptions::default())
+        .await?;
+
+    let prefetch = usize::from(config.broker.prefetch);
+    let worker = Arc::new(Worker {
+        templates,
+        transport,
+        publisher,
+        retry: config.retry.clone(),
+        default_ttl: config.default_ttl,
+        metrics: metrics.clone(),
+        pause: Pause::new(health.clone()),
+        throttle: Throttle::new(prefetch),
+        recent: RecentlySent::new(100_000.max(prefetch * 16), Duration::from_secs(3600)),
+    });
+    let tracker = TaskTracker::new();
+    let mut consumer = Some(consume(&channel).await?);
+    let mut cancelling = false;
+    health.set_consuming(true);
+    info!(
+        queue = topology::QUEUE,
+        prefetch,
+        queue_type = config.broker.queue_type.as_str(),
+        dry_run,
+        "consuming"
+    );
+
+    loop {
+        let Some(active) = consumer.as_mut() else {
+            // Paused: the consumer is cancelled; probe until a send succeeds.
+            if probe_until_resumed(&worker, &channel, &tracker, &shutdown).await {
+                consumer = Some(consume(&channel).await?);
+                cancelling = false;
+                health.set_consuming(true);
+                info!(
+                    outcome = "resumed",
+                    "resumed: a probe send succeeded; consuming again"
+                );
+                continue;
+            }
+            break;
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.requested() => break,
+            () = worker.pause.tripped(), if !cancelling => {
+                cancelling = true;
+                health.set_consuming(false);
+                // The deliveries already on their way still arrive; their
+                // tasks see the pause and put them back.
+                if let Err(e) = channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
+                    warn!(error = %e, "cancelling the consumer failed");
+                }
+            }
+            next = active.next() => match next {
+                Some(Ok(delivery)) => spawn_job(&worker, &tracker, delivery),
+                Some(Err(e)) => {
+                    health.set_consuming(false);
+                    warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
+                    channel.wait_for_recovery(e).await.map_err(|e| WorkerError::ConsumerLost {
+                        queue: topology::QUEUE,
+                        detail: e.to_string(),
+                    })?;
+                    health.set_consuming(!cancelling);
+                    info!("connection recovered; consuming again");
+                }
+                None if cancelling => consumer = None,
+                None => {
+                    // The broker cancelled us (queue deleted, leader moved):
+                    // an incident. Try once to consume again.
+                    health.set_consuming(false);
+                    error!(queue = topology::QUEUE, "the broker ended the consumer; consuming again");
+                    topology::declare(&channel, config.broker.queue_type).await?;
+                    match consume(&channel).await {
+                        Ok(c) => {
+                            consumer = Some(c);
+                            health.set_consuming(true);
+                        }
+                        Err(e) => {
+                            return Err(WorkerError::ConsumerLost {
+                                queue: topology::QUEUE,
+                                detail: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    // Shutdown: stop taking jobs, let those in flight finish, close.
+    health.set_consuming(false);
+    if let Some(active) = consumer.as_ref()
+        && !cancelling
+    {
+        let _ = channel
+            .basic_cancel(active.tag(), BasicCancelOptions::default())
+            .await;
+    }
+    tracker.close();
+    let in_flight = tracker.len();
+    info!(
+        in_flight,
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "shutting down: waiting for jobs in flight"
+    );
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            unfinished = tracker.len(),
+            "grace period over; unfinished jobs go back to the queue untouched"
+        );
+    }
+    let _ = channel.close(200, "shutdown".into()).await;
+    let _ = connection.close(200, "shutdown".into()).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
+    let worker = Arc::clone(worker);
+    worker.metrics.in_flight.inc();
+    tracker.spawn(async move {
+        worker.handle(delivery, false).await;
+        worker.metrics.in_flight.dec();
+    });
+}
+
+async fn consume(channel: &Channel) -> Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            topology::QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// While paused: take one job at a time with `basic.get` and send it as a
+/// probe, waiting 1 s, then twice as long after each probe that hits the
+/// fault again, up to 60 s. Returns true when a probe was sent (resume),
+/// false on shutdown.
+async fn probe_until_resumed(
+    worker: &Arc<Worker>,
+    channel: &Channel,
+    tracker: &TaskTracker,
+    shutdown: &Shutdown,
+) -> bool {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = shutdown.requested() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let got = channel
+            .basic_get(topology::QUEUE.into(), BasicGetOptions { no_ack: false })
+            .await;
+        let message = match got {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "probe: basic.get failed; waiting for the connection");
+                if channel.wait_for_recovery(e).await.is_err() {
+                    return false;
+                }
+                continue;
+            }
+        };
+        let prober = Arc::clone(worker);
+        prober.metrics.in_flight.inc();
+        let probe = tracker.spawn(async move {
+            let finished = prober.handle(message.delivery, true).await;
+            prober.metrics.in_flight.dec();
+            finished
+        });
+        match probe.await {
+            Ok(Finished::Sent) => {
+                worker.pause.resume();
+                return true;
+            }
+            Ok(Finished::Requeued) => {
+                wait = (wait * 2).min(Duration::from_secs(60));
+                info!(
+                    next_probe_ms = wait.as_millis() as u64,
+                    reason = worker.pause.reason().as_deref().unwrap_or(""),
+                    "probe hit the fault again; still paused"
+                );
+            }
+            // The probe job ended some other way (dead-lettered, parked, a
+            // duplicate): it proved nothing; try the next one soon.
+            Ok(_) | Err(_) => wait = Duration::from_millis(100),
+        }
+    }
+}
+
+/// Keeps `health` in step with the connection: disconnected on an error,
+/// connected again once lapin has recovered.
+fn watch_connection(connection: &Connection, health: Health) {
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::Connected => {
+                    health.set_connected(true);
+                    info!("broker connection (re)established");
+                }
+                lapin::Event::Error(e) => {
+                    health.set_connected(false);
+                    warn!(error = %e, "broker connection lost; lapin is reconnecting");
+                }
+                _ => {}
+            }
+        }
+    });
+}
