@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use backon::ExponentialBuilder;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -36,12 +37,35 @@ pub enum PublishError {
 /// (the caller then leaves the original unacked, so nothing is lost).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Opens a connection with lapin's automatic recovery (reconnect, then
-/// re-declare channels, QoS, topology and consumers).
-pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover();
+/// Whether a connection rides out broker outages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The worker: lapin's automatic recovery (reconnect, then re-declare
+    /// channels, QoS, topology and consumers), retrying for about ten minutes
+    /// with delays from 250 ms growing to 5 s.
+    Automatic,
+    /// Commands (`send`, `dlq`): fail at once so the operator sees it.
+    None,
+}
+
+/// Opens a connection to the broker.
+pub async fn connect(
+    settings: &BrokerSettings,
+    name: &str,
+    recovery: Recovery,
+) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let properties = match recovery {
+        Recovery::Automatic => properties.enable_auto_recover().with_backoff(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_factor(2.0)
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .with_max_times(120),
+        ),
+        Recovery::None => properties,
+    };
     Connection::connect(settings.url.expose_secret(), properties).await
 }
 

@@ -685,3 +685,15 @@ mod tests {
         assert!(md.contains("classified by HTTP status"));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn the_readme_shows_the_table_as_it_is() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&super::markdown_table()),
+            "README.md's classification table differs from classify::markdown_table(); regenerate it"
+        );
+    }
+}

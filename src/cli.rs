@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use std::fmt::Write as _;
+
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -74,6 +76,21 @@ impl CliError {
 impl From<ConfigError> for CliError {
     fn from(e: ConfigError) -> Self {
         CliError::Usage(e.to_string())
+    }
+}
+
+/// Writes command output to stdout. A reader that went away (`| head`) ends
+/// the command quietly instead of a panic.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Runtime(anyhow::anyhow!("writing to stdout: {e}"))),
     }
 }
 
@@ -177,7 +194,7 @@ async fn send(config: Config, args: SendArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("the job would be refused: {e}")))?;
 
     telemetry::init(config.log_format);
-    let connection = broker::connect(&config.broker, "sms-dispatch send")
+    let connection = broker::connect(&config.broker, "sms-dispatch send", broker::Recovery::None)
         .await
         .map_err(|e| {
             CliError::Runtime(anyhow::anyhow!(
@@ -196,8 +213,7 @@ async fn send(config: Config, args: SendArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::Runtime(anyhow::anyhow!("publishing: {e}")))?;
     let _ = connection.close(200, "sent".into()).await;
-    println!("{id}");
-    Ok(())
+    emit(&format!("{id}\n"))
 }
 
 /// The sample a template is measured with: a six-digit code and a typical
@@ -215,7 +231,8 @@ fn sample_payload() -> Payload {
 fn check_config(config: &Config) -> Result<(), CliError> {
     let templates = config.templates_required()?;
     let twilio = config.twilio_required()?;
-    println!("{}: valid", config.source);
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: valid", config.source);
     let sender = match &twilio.sender {
         Sender::MessagingService(sid) => format!("Messaging Service {sid}"),
         Sender::From(from) => format!("From {from}"),
@@ -224,27 +241,31 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         TwilioAuth::AuthToken(_) => "auth token".to_owned(),
         TwilioAuth::ApiKey { sid, .. } => format!("API key {sid}"),
     };
-    println!(
+    let _ = writeln!(
+        out,
         "Twilio account {} ({auth}), sending from {sender}, via {}",
         twilio.account_sid, twilio.base_url
     );
-    println!(
+    let _ = writeln!(
+        out,
         "broker {} (queue type {}, prefetch {})",
         config.broker.url_for_logs(),
         config.broker.queue_type.as_str(),
         config.broker.prefetch
     );
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "{:<26} {:<8} {:<8} {:>5} {:>8}",
-        "TYPE", "LOCALE", "ENCODING", "CHARS", "SEGMENTS"
+        "TYPE", "LOCALE", "ENCODING", "UNITS", "SEGMENTS"
     );
     let sample = sample_payload();
     let mut warnings = Vec::new();
     for template in templates.all() {
         let rendered = template.render(&sample);
         let segments = encoding::segments(&rendered);
-        println!(
+        let _ = writeln!(
+            out,
             "{:<26} {:<8} {:<8} {:>5} {:>8}",
             template.kind().as_str(),
             template.locale().unwrap_or("-"),
@@ -256,14 +277,17 @@ fn check_config(config: &Config) -> Result<(), CliError> {
             warnings.push(format!(
                 "{} ({}) takes {} segments in {}: every message costs {} times one SMS",
                 template.kind(),
-                template.locale().unwrap_or("any locale"),
+                template.locale().unwrap_or("no locale"),
                 segments.count,
                 segments.encoding,
                 segments.count
             ));
         }
     }
-    println!("(measured with a 6-digit code and a 47-character invitation link)");
+    let _ = writeln!(
+        out,
+        "(units: GSM-7 septets or UTF-16 code units, measured with a 6-digit code and a 47-character invitation link)"
+    );
     for kind in TemplateType::FULL_FLOW {
         let own = templates.all().iter().any(|t| t.kind() == kind);
         if !own {
@@ -278,10 +302,10 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         }
     }
     if !warnings.is_empty() {
-        println!();
+        out.push('\n');
         for warning in &warnings {
-            println!("warning: {warning}");
+            let _ = writeln!(out, "warning: {warning}");
         }
     }
-    Ok(())
+    emit(&out)
 }

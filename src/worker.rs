@@ -604,7 +604,12 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
     };
 
     info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
-    let connection = broker::connect(&config.broker, "sms-dispatch worker").await?;
+    let connection = broker::connect(
+        &config.broker,
+        "sms-dispatch worker",
+        broker::Recovery::Automatic,
+    )
+    .await?;
     health.set_connected(true);
     watch_connection(&connection, health.clone());
     let publisher = Publisher::open(&connection).await?;

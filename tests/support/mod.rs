@@ -1,0 +1,786 @@
+//! Shared test support: a private vhost on the real broker, the real worker
+//! binary as a child process, test jobs, and the log scan every integration
+//! test runs.
+//!
+//! Every test creates its own vhost, so tests run in parallel without seeing
+//! each other's queues. Every worker's stdout is captured; when the worker
+//! handle is dropped (or `finish` is called) its logs are scanned: each line
+//! must be JSON and none may contain a verification code, a secret or an
+//! unmasked phone number.
+#![allow(dead_code)]
+
+pub mod fake_twilio;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+pub use fake_twilio::*;
+
+/// The worker binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sms-dispatch");
+
+/// Runs `fut` and fails the test if it takes longer than `secs`.
+pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("test deadline of {secs} s passed"),
+    }
+}
+
+/// Checks `check` every 50 ms until it yields a value; panics with `what`
+/// when `deadline` passes. A wait on a condition, not a sleep.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("waited {deadline:?} for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// Every code and number a test job used: no log line may contain them.
+fn forbidden() -> &'static Mutex<HashSet<String>> {
+    static FORBIDDEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    FORBIDDEN.get_or_init(|| {
+        let mut set = HashSet::new();
+        set.insert(TEST_AUTH_TOKEN.to_owned());
+        set.insert(TEST_API_SECRET.to_owned());
+        Mutex::new(set)
+    })
+}
+
+fn forbid(value: &str) {
+    forbidden().lock().unwrap().insert(value.to_owned());
+}
+
+/// A fresh six-digit code, remembered as forbidden in logs.
+pub fn code() -> String {
+    loop {
+        let c = format!("{:06}", fastrand::u32(100_000..1_000_000));
+        if !forbidden().lock().unwrap().contains(&c) {
+            forbid(&c);
+            return c;
+        }
+    }
+}
+
+/// Scans log lines: JSON when `json`, and no code, secret or unmasked
+/// number. Returns the problems found.
+pub fn scan_logs(lines: &[String], json_lines: bool) -> Vec<String> {
+    let forbidden = forbidden().lock().unwrap().clone();
+    let mut problems = Vec::new();
+    for line in lines {
+        if json_lines && serde_json::from_str::<Value>(line).is_err() {
+            problems.push(format!("not JSON: {line}"));
+        }
+        for secret in &forbidden {
+            if contains_token(line, secret) {
+                problems.push(format!("contains a code, secret or number: {line}"));
+            }
+        }
+        if has_unmasked_number(line) {
+            problems.push(format!("contains an unmasked phone number: {line}"));
+        }
+    }
+    problems
+}
+
+/// Whether `needle` occurs in `line` not glued to other digits or a decimal
+/// point (a code's digits may occur by chance inside a timestamp's fraction
+/// or a longer number; that is not the code).
+fn contains_token(line: &str, needle: &str) -> bool {
+    let numeric = needle.bytes().all(|b| b.is_ascii_digit());
+    line.match_indices(needle).any(|(i, _)| {
+        if !numeric {
+            return true;
+        }
+        let before = line[..i].bytes().next_back();
+        let after = line[i + needle.len()..].bytes().next();
+        !before.is_some_and(|b| b.is_ascii_digit() || b == b'.')
+            && !after.is_some_and(|b| b.is_ascii_digit())
+    })
+}
+
+/// `+` followed by seven or more digits: an E.164 number that was not masked.
+fn has_unmasked_number(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'+'
+            && bytes[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count()
+                >= 7
+    })
+}
+
+// ---------------------------------------------------------------- jobs
+
+/// A test job: a number, a type, a fresh code.
+#[derive(Debug, Clone)]
+pub struct TestJob {
+    pub id: String,
+    pub to: String,
+    pub kind: String,
+    pub code: String,
+    pub payload: serde_json::Map<String, Value>,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl TestJob {
+    pub fn new(to: &str, kind: &str) -> TestJob {
+        forbid(to);
+        forbid(to.trim_start_matches('+'));
+        let code = code();
+        let mut payload = serde_json::Map::new();
+        payload.insert("code".to_owned(), json!(code));
+        TestJob {
+            id: format!("job-{}", uuid::Uuid::new_v4()),
+            to: to.to_owned(),
+            kind: kind.to_owned(),
+            code,
+            payload,
+            expires_at: Some(SystemTime::now() + Duration::from_secs(600)),
+        }
+    }
+
+    pub fn locale(mut self, locale: &str) -> TestJob {
+        self.payload.insert("locale".to_owned(), json!(locale));
+        self
+    }
+
+    pub fn var(mut self, key: &str, value: Value) -> TestJob {
+        self.payload.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn expires_in(mut self, d: Duration) -> TestJob {
+        self.expires_at = Some(SystemTime::now() + d);
+        self
+    }
+
+    pub fn expired(mut self) -> TestJob {
+        self.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
+        self
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut job = json!({
+            "to": self.to,
+            "type": self.kind,
+            "payload": self.payload,
+            "id": self.id,
+        });
+        if let Some(at) = self.expires_at {
+            job["expires_at"] = json!(sms_dispatch::job::format_rfc3339(at));
+        }
+        serde_json::to_vec(&job).unwrap()
+    }
+}
+
+/// A test phone number: +1 555 0100 xxxx style, unique per call.
+pub fn number() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let unique = fastrand::u32(0..10_000);
+    format!("+8190{:04}{:04}", unique, n % 10_000)
+}
+
+// ---------------------------------------------------------------- broker
+
+/// A private vhost on the shared broker, deleted on drop.
+pub struct Vhost {
+    pub name: String,
+    pub url: String,
+    node: Option<String>,
+}
+
+/// Runs rabbitmqctl (against `node` when given) and returns stdout.
+pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        cmd.args(["-n", node]);
+    }
+    let out = cmd.args(args).output().expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Vhost {
+    /// A new vhost on the default node (127.0.0.1:5672).
+    pub fn create() -> Vhost {
+        Vhost::create_on(None, 5672)
+    }
+
+    /// A new vhost on `node`, whose AMQP port is `port`.
+    pub fn create_on(node: Option<&str>, port: u16) -> Vhost {
+        let name = format!("t-{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(node, &["add_vhost", &name]);
+        rabbitmqctl(
+            node,
+            &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+        );
+        Vhost {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/{name}"),
+            name,
+            node: node.map(str::to_owned),
+        }
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect to the test vhost")
+    }
+
+    /// A confirm-mode publisher, with the topology declared.
+    pub async fn publisher(&self, conn: &Connection) -> sms_dispatch::broker::Publisher {
+        let p = sms_dispatch::broker::Publisher::open(conn).await.unwrap();
+        sms_dispatch::topology::declare(p.channel(), sms_dispatch::config::QueueType::Quorum)
+            .await
+            .unwrap();
+        p
+    }
+
+    /// Ready and unacknowledged counts of a queue (0, 0 when it is missing).
+    pub fn counts(&self, queue: &str) -> (u64, u64) {
+        let out = rabbitmqctl(
+            self.node.as_deref(),
+            &[
+                "list_queues",
+                "-p",
+                &self.name,
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ],
+        );
+        for line in out.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 3 && f[0] == queue {
+                return (f[1].parse().unwrap_or(0), f[2].parse().unwrap_or(0));
+            }
+        }
+        (0, 0)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("rabbitmqctl");
+        if let Some(node) = &self.node {
+            cmd.args(["-n", node]);
+        }
+        let _ = cmd
+            .args(["delete_vhost", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Publishes a test job to `sms`/`send` as a producer would.
+pub async fn publish(p: &sms_dispatch::broker::Publisher, job: &TestJob) {
+    p.publish_job(&job.id, &job.body(), FieldTable::default())
+        .await
+        .expect("job published");
+}
+
+/// Publishes any bytes to `sms`/`send` (for malformed jobs).
+pub async fn publish_raw(channel: &Channel, body: &[u8], properties: BasicProperties) {
+    channel
+        .basic_publish(
+            "sms".into(),
+            "send".into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A message taken from a queue (and acked).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Taken {
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        sms_dispatch::topology::header_str(self.properties.headers().as_ref(), name)
+            .map(str::to_owned)
+    }
+
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        sms_dispatch::topology::header_i64(self.properties.headers().as_ref(), name)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Takes every message from `queue` (acking them).
+pub async fn take_all(channel: &Channel, queue: &str) -> Vec<Taken> {
+    let mut out = Vec::new();
+    while let Some(m) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+    {
+        out.push(Taken {
+            body: m.delivery.data.clone(),
+            properties: m.delivery.properties.clone(),
+        });
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    out
+}
+
+/// Takes messages from `queue` until at least `n` arrived; panics after
+/// `deadline`.
+pub async fn take_at_least(
+    channel: &Channel,
+    queue: &str,
+    n: usize,
+    deadline: Duration,
+) -> Vec<Taken> {
+    let start = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    loop {
+        got.extend(take_all(channel, queue).await);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "waited {deadline:?} for {n} messages in {queue}; got {}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ready-message count of a queue, via a passive declare.
+pub async fn ready(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- config
+
+/// A config file in the temp dir, removed on drop.
+pub struct ConfigFile(pub PathBuf);
+
+impl ConfigFile {
+    pub fn write(ext: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "sms-dispatch-test-{}.{ext}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        ConfigFile(path)
+    }
+
+    /// Logto's Twilio connector JSON with the fake's credentials and these
+    /// templates (type, locale, content).
+    pub fn logto(templates: &[(&str, Option<&str>, &str)]) -> ConfigFile {
+        let templates: Vec<Value> = templates
+            .iter()
+            .map(|(kind, locale, content)| {
+                let mut t = json!({"usageType": kind, "content": content});
+                if let Some(l) = locale {
+                    t["locale"] = json!(l);
+                }
+                t
+            })
+            .collect();
+        let config = json!({
+            "accountSID": TEST_ACCOUNT_SID,
+            "authToken": TEST_AUTH_TOKEN,
+            "fromMessagingServiceSID": TEST_MESSAGING_SERVICE_SID,
+            "templates": templates,
+        });
+        ConfigFile::write("json", &config.to_string())
+    }
+
+    /// A Logto config with one template per type.
+    pub fn full() -> ConfigFile {
+        ConfigFile::logto(&[
+            ("SignIn", None, "Your sign-in code is {{code}}"),
+            ("Register", None, "Welcome! Your code is {{code}}"),
+            ("ForgotPassword", None, "Reset code: {{code}}"),
+            ("Generic", None, "Your code is {{code}}"),
+        ])
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- worker
+
+/// How to start a worker.
+pub struct WorkerOptions<'a> {
+    pub amqp_url: &'a str,
+    pub config: &'a ConfigFile,
+    pub twilio: Option<&'a FakeTwilio>,
+    pub prefetch: u16,
+    pub args: Vec<&'a str>,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl<'a> WorkerOptions<'a> {
+    pub fn new(amqp_url: &'a str, config: &'a ConfigFile, twilio: &'a FakeTwilio) -> Self {
+        WorkerOptions {
+            amqp_url,
+            config,
+            twilio: Some(twilio),
+            prefetch: 16,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The worker binary, running, with its stdout captured.
+pub struct WorkerProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub http: SocketAddr,
+    client: reqwest::Client,
+    scanned: bool,
+}
+
+impl WorkerProcess {
+    /// Starts `sms-dispatch run` and waits until its HTTP listener is up.
+    pub async fn start(options: WorkerOptions<'_>) -> WorkerProcess {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .args(&options.args)
+            .env("SMS_DISPATCH_CONFIG", &options.config.0)
+            .env("SMS_DISPATCH_AMQP_URL", options.amqp_url)
+            .env("SMS_DISPATCH_HTTP_ADDR", "127.0.0.1:0")
+            .env("SMS_DISPATCH_PREFETCH", options.prefetch.to_string())
+            .env("SMS_DISPATCH_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env_remove("TWILIO_ACCOUNT_SID")
+            .env_remove("TWILIO_AUTH_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(twilio) = options.twilio {
+            cmd.env("SMS_DISPATCH_TWILIO_BASE_URL", twilio.base_url());
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the worker binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut worker = WorkerProcess {
+            child,
+            lines,
+            http: "0.0.0.0:0".parse().unwrap(),
+            client: reqwest::Client::new(),
+            scanned: false,
+        };
+        let addr = worker
+            .wait_log(Duration::from_secs(20), "the HTTP listener", |v| {
+                (v["message"] == "http listening")
+                    .then(|| v["addr"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+            .await;
+        worker.http = addr.parse().unwrap();
+        worker
+    }
+
+    /// Starts a worker and waits until `/readyz` says ready.
+    pub async fn start_ready(options: WorkerOptions<'_>) -> WorkerProcess {
+        let worker = WorkerProcess::start(options).await;
+        worker.wait_ready(Duration::from_secs(20)).await;
+        worker
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every JSON log line so far.
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until some log line satisfies `pick`.
+    pub async fn wait_log<T>(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        pick: impl Fn(&Value) -> Option<T>,
+    ) -> T {
+        let lines = Arc::clone(&self.lines);
+        let child = &mut self.child;
+        eventually(deadline, what, || {
+            let found = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find_map(|v| pick(&v));
+            if found.is_none()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "the worker exited ({status}) while waiting for {what}; its output:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+            std::future::ready(found)
+        })
+        .await
+    }
+
+    /// `GET /readyz`: the status code and the JSON body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("http://{}/readyz", self.http))
+            .send()
+            .await
+            .expect("readyz answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn wait_ready(&self, deadline: Duration) {
+        eventually(deadline, "the worker to be ready", || async {
+            (self.readyz().await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// The `/metrics` text (classic format).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.http))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(self.child.id(), "TERM");
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill9(&self) {
+        signal(self.child.id(), "KILL");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        eventually(deadline, "the worker to exit", || {
+            std::future::ready(child.try_wait().unwrap())
+        })
+        .await
+    }
+
+    /// Scans the logs now and fails the test on any problem.
+    pub fn finish(mut self) {
+        self.scan();
+    }
+
+    fn scan(&mut self) {
+        if self.scanned {
+            return;
+        }
+        self.scanned = true;
+        let problems = scan_logs(&self.logs(), true);
+        assert!(
+            problems.is_empty(),
+            "the worker's logs broke the rules:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            self.scan();
+        }
+    }
+}
+
+/// A worker on its own vhost with a fake Twilio, and a producer's connection.
+/// Fields drop in order: the worker stops before its vhost goes.
+pub struct TestBed {
+    pub worker: WorkerProcess,
+    pub publisher: sms_dispatch::broker::Publisher,
+    pub channel: Channel,
+    pub conn: Connection,
+    pub twilio: FakeTwilio,
+    pub config: ConfigFile,
+    pub vhost: Vhost,
+}
+
+impl TestBed {
+    /// Starts everything with the default options and waits until ready.
+    pub async fn start(config: ConfigFile) -> TestBed {
+        TestBed::start_with(config, FakeTwilio::start().await, |_| {}).await
+    }
+
+    /// Starts everything, letting `tweak` adjust the worker's options.
+    pub async fn start_with(
+        config: ConfigFile,
+        twilio: FakeTwilio,
+        tweak: impl FnOnce(&mut WorkerOptions<'_>),
+    ) -> TestBed {
+        let vhost = Vhost::create();
+        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
+        tweak(&mut options);
+        let worker = WorkerProcess::start_ready(options).await;
+        let conn = vhost.connect().await;
+        let publisher = vhost.publisher(&conn).await;
+        let channel = conn.create_channel().await.unwrap();
+        TestBed {
+            worker,
+            publisher,
+            channel,
+            conn,
+            twilio,
+            config,
+            vhost,
+        }
+    }
+
+    pub async fn publish(&self, job: &TestJob) {
+        publish(&self.publisher, job).await;
+    }
+
+    /// Takes dead letters until there are `n`.
+    pub async fn dead_letters(&self, n: usize, deadline: Duration) -> Vec<Taken> {
+        take_at_least(&self.channel, "sms.dead", n, deadline).await
+    }
+
+    /// Waits until sms.send has nothing ready or unacked.
+    pub async fn wait_drained(&self, deadline: Duration) {
+        eventually(
+            deadline,
+            "sms.send drained and every delivery acked",
+            || async { (self.vhost.counts("sms.send") == (0, 0)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Reads one sample from classic-format metrics text: `name{labels} value`,
+/// with `labels` exactly as printed (empty for none).
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// Runs the binary with `args` and `env` and returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("SMS_DISPATCH_CONFIG")
+        .env("SMS_DISPATCH_LOG_FORMAT", "json");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
