@@ -97,23 +97,26 @@ pub fn emit(text: &str) -> Result<(), CliError> {
 /// Runs the parsed command.
 pub async fn execute(cli: Cli) -> Result<(), CliError> {
     let config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
-    match cli.command {
+    if let Command::Run { dry_run } = &cli.command {
+        // What `run` needs is checked before anything starts.
+        config.templates_required()?;
+        if !dry_run {
+            config.twilio_required()?;
+        }
+    }
+    let telemetry = telemetry::init(config.log_format);
+    let result = match cli.command {
         Command::Run { dry_run } => run(config, dry_run).await,
         Command::Send(args) => send(config, args).await,
         Command::CheckConfig => check_config(&config),
-        Command::Dlq { command } => {
-            telemetry::init(config.log_format);
-            dlq::execute(&config, command).await
-        }
-    }
+        Command::Dlq { command } => dlq::execute(&config, command).await,
+    };
+    // Flushing exported spans blocks; keep it off the async threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
 }
 
 async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
-    config.templates_required()?;
-    if !dry_run {
-        config.twilio_required()?;
-    }
-    telemetry::init(config.log_format);
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());
     let shutdown = Shutdown::new();
@@ -160,8 +163,8 @@ pub struct SendArgs {
     /// The locale to choose the template by, e.g. ja-JP.
     #[arg(long)]
     locale: Option<String>,
-    /// Seconds until the code expires (default: the worker's default_ttl, 600).
-    #[arg(long, value_name = "SECS")]
+    /// Seconds until the code expires, 1 to 86400 (default: default_ttl, 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ttl: Option<u64>,
     /// The idempotency key (default: a new UUID).
     #[arg(long)]
@@ -193,7 +196,6 @@ async fn send(config: Config, args: SendArgs) -> Result<(), CliError> {
     Job::decode(&body, &Envelope::default(), ttl, SystemTime::now())
         .map_err(|e| CliError::Usage(format!("the job would be refused: {e}")))?;
 
-    telemetry::init(config.log_format);
     let connection = broker::connect(&config.broker, "sms-dispatch send", broker::Recovery::None)
         .await
         .map_err(|e| {
@@ -291,8 +293,14 @@ fn check_config(config: &Config) -> Result<(), CliError> {
     for kind in TemplateType::FULL_FLOW {
         let own = templates.all().iter().any(|t| t.kind() == kind);
         if !own {
+            let some_generic = templates
+                .all()
+                .iter()
+                .any(|t| t.kind() == TemplateType::Generic);
             let fallback = if kind != TemplateType::Generic && templates.covers(kind) {
                 "its jobs will use the Generic template"
+            } else if kind != TemplateType::Generic && some_generic {
+                "its jobs are sent only in the locales Generic has; the rest are dead-lettered no_template"
             } else {
                 "its jobs will be dead-lettered no_template"
             };

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ use crate::templates::{TemplateEntry, TemplateError, Templates};
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The HTTP listener's address when nothing else is configured.
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
+/// The longest life a job may be given (a day): a code older than that is
+/// useless.
+pub const MAX_TTL_SECS: u64 = 86_400;
 /// Twilio's API when nothing else is configured.
 pub const DEFAULT_TWILIO_BASE_URL: &str = "https://api.twilio.com";
 
@@ -122,6 +126,9 @@ pub struct BrokerSettings {
     /// The most jobs one worker holds in flight.
     pub prefetch: u16,
     pub queue_type: QueueType,
+    /// How long the worker waits for lapin to reconnect before it exits with
+    /// code 1 so that the orchestrator restarts it.
+    pub reconnect_deadline: Duration,
 }
 
 impl BrokerSettings {
@@ -137,6 +144,7 @@ impl fmt::Debug for BrokerSettings {
             .field("url", &self.url_for_logs())
             .field("prefetch", &self.prefetch)
             .field("queue_type", &self.queue_type)
+            .field("reconnect_deadline", &self.reconnect_deadline)
             .finish()
     }
 }
@@ -194,9 +202,9 @@ struct TomlFile {
 #[serde(deny_unknown_fields)]
 struct TomlTwilio {
     account_sid: Option<String>,
-    auth_token: Option<String>,
+    auth_token: Option<SecretString>,
     api_key: Option<String>,
-    api_secret: Option<String>,
+    api_secret: Option<SecretString>,
     messaging_service_sid: Option<String>,
     from: Option<String>,
     base_url: Option<String>,
@@ -211,13 +219,14 @@ struct TomlAmqp {
     url: Option<String>,
     prefetch: Option<u16>,
     queue_type: Option<String>,
+    reconnect_deadline_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlHttp {
     addr: Option<String>,
-    ingest_token: Option<String>,
+    ingest_token: Option<SecretString>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,7 +266,7 @@ struct TomlTemplate {
 struct LogtoConnector {
     #[serde(rename = "accountSID")]
     account_sid: Option<String>,
-    auth_token: Option<String>,
+    auth_token: Option<SecretString>,
     #[serde(rename = "fromMessagingServiceSID")]
     from_messaging_service_sid: Option<String>,
     disable_risk_check: Option<bool>,
@@ -281,8 +290,9 @@ struct Raw {
     amqp_url: Option<String>,
     prefetch: Option<String>,
     queue_type: Option<String>,
+    reconnect_deadline_secs: Option<String>,
     http_addr: Option<String>,
-    ingest_token: Option<String>,
+    ingest_token: Option<SecretString>,
     log_format: Option<String>,
     default_ttl_secs: Option<String>,
     max_attempts: Option<String>,
@@ -293,27 +303,6 @@ struct Raw {
     /// (field name for errors, entry)
     templates: Vec<(String, String, Option<String>, String)>,
 }
-
-/// The environment variables that override the file (contract section 2,
-/// plus a few of our own, listed in the README).
-const ENV_VARS: &[&str] = &[
-    "TWILIO_ACCOUNT_SID",
-    "TWILIO_AUTH_TOKEN",
-    "TWILIO_API_KEY",
-    "TWILIO_API_SECRET",
-    "TWILIO_MESSAGING_SERVICE_SID",
-    "TWILIO_FROM",
-    "SMS_DISPATCH_TWILIO_BASE_URL",
-    "SMS_DISPATCH_AMQP_URL",
-    "SMS_DISPATCH_PREFETCH",
-    "SMS_DISPATCH_QUEUE_TYPE",
-    "SMS_DISPATCH_HTTP_ADDR",
-    "SMS_DISPATCH_INGEST_TOKEN",
-    "SMS_DISPATCH_LOG_FORMAT",
-    "SMS_DISPATCH_DEFAULT_TTL_SECS",
-    "SMS_DISPATCH_MAX_ATTEMPTS",
-    "SMS_DISPATCH_SHUTDOWN_GRACE_SECS",
-];
 
 impl Config {
     /// Reads the file (if any), applies the environment (`env` looks a
@@ -440,6 +429,7 @@ fn read_toml(source: &str, text: &str) -> Result<Raw, ConfigError> {
         amqp_url: file.amqp.url,
         prefetch: file.amqp.prefetch.map(|p| p.to_string()),
         queue_type: file.amqp.queue_type,
+        reconnect_deadline_secs: file.amqp.reconnect_deadline_secs.map(|s| s.to_string()),
         http_addr: file.http.addr,
         ingest_token: file.http.ingest_token,
         log_format: None,
@@ -458,9 +448,22 @@ fn read_toml(source: &str, text: &str) -> Result<Raw, ConfigError> {
     })
 }
 
-/// Removes quoted fragments from a parser's message: they may quote a value
-/// from the file, and the value may be a secret.
+/// Makes a parser's message one line, and removes the quoted fragments of
+/// a message about a value (`invalid type: integer `12345`, …`): the value
+/// may be a secret. Messages about keys (`unknown field `prefech`, expected
+/// one of …`) keep their names, which are the point.
 fn without_quoted(message: &str) -> String {
+    let about_a_value = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    if !about_a_value {
+        return message.replace('\n', " ");
+    }
     let mut out = String::with_capacity(message.len());
     let mut quote: Option<char> = None;
     for c in message.chars() {
@@ -482,43 +485,53 @@ fn without_quoted(message: &str) -> String {
     out
 }
 
+/// Applies the environment variables that override the file (contract
+/// section 2, plus a few of our own, listed in the README).
 fn apply_env(raw: &mut Raw, env: &impl Fn(&str) -> Option<String>) {
-    for name in ENV_VARS {
-        let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
-            continue;
-        };
-        let slot = match *name {
-            "TWILIO_ACCOUNT_SID" => &mut raw.twilio.account_sid,
-            "TWILIO_AUTH_TOKEN" => &mut raw.twilio.auth_token,
-            "TWILIO_API_KEY" => &mut raw.twilio.api_key,
-            "TWILIO_API_SECRET" => &mut raw.twilio.api_secret,
-            "TWILIO_MESSAGING_SERVICE_SID" => {
-                raw.twilio.from = None;
-                &mut raw.twilio.messaging_service_sid
-            }
-            "TWILIO_FROM" => {
-                raw.twilio.messaging_service_sid = None;
-                &mut raw.twilio.from
-            }
-            "SMS_DISPATCH_TWILIO_BASE_URL" => &mut raw.twilio.base_url,
-            "SMS_DISPATCH_AMQP_URL" => &mut raw.amqp_url,
-            "SMS_DISPATCH_PREFETCH" => &mut raw.prefetch,
-            "SMS_DISPATCH_QUEUE_TYPE" => &mut raw.queue_type,
-            "SMS_DISPATCH_HTTP_ADDR" => &mut raw.http_addr,
-            "SMS_DISPATCH_INGEST_TOKEN" => &mut raw.ingest_token,
-            "SMS_DISPATCH_LOG_FORMAT" => &mut raw.log_format,
-            "SMS_DISPATCH_DEFAULT_TTL_SECS" => &mut raw.default_ttl_secs,
-            "SMS_DISPATCH_MAX_ATTEMPTS" => &mut raw.max_attempts,
-            "SMS_DISPATCH_SHUTDOWN_GRACE_SECS" => &mut raw.shutdown_grace_secs,
-            _ => continue,
-        };
-        *slot = Some(value.trim().to_owned());
+    let var = |name: &str| {
+        env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    fn set<T>(slot: &mut Option<T>, value: Option<T>) {
+        if value.is_some() {
+            *slot = value;
+        }
     }
-    // Both set in the environment: the contract prefers the Messaging Service.
-    if let Some(mg) = env("TWILIO_MESSAGING_SERVICE_SID").filter(|v| !v.trim().is_empty()) {
-        raw.twilio.messaging_service_sid = Some(mg.trim().to_owned());
-        raw.twilio.from = None;
+    let secret = |name: &str| var(name).map(SecretString::from);
+    let t = &mut raw.twilio;
+    set(&mut t.account_sid, var("TWILIO_ACCOUNT_SID"));
+    set(&mut t.auth_token, secret("TWILIO_AUTH_TOKEN"));
+    set(&mut t.api_key, var("TWILIO_API_KEY"));
+    set(&mut t.api_secret, secret("TWILIO_API_SECRET"));
+    set(&mut t.base_url, var("SMS_DISPATCH_TWILIO_BASE_URL"));
+    // One sender; with both set, the contract prefers the Messaging Service.
+    if let Some(mg) = var("TWILIO_MESSAGING_SERVICE_SID") {
+        t.messaging_service_sid = Some(mg);
+        t.from = None;
+    } else if let Some(from) = var("TWILIO_FROM") {
+        t.from = Some(from);
+        t.messaging_service_sid = None;
     }
+    set(&mut raw.amqp_url, var("SMS_DISPATCH_AMQP_URL"));
+    set(&mut raw.prefetch, var("SMS_DISPATCH_PREFETCH"));
+    set(&mut raw.queue_type, var("SMS_DISPATCH_QUEUE_TYPE"));
+    set(
+        &mut raw.reconnect_deadline_secs,
+        var("SMS_DISPATCH_RECONNECT_DEADLINE_SECS"),
+    );
+    set(&mut raw.http_addr, var("SMS_DISPATCH_HTTP_ADDR"));
+    set(&mut raw.ingest_token, secret("SMS_DISPATCH_INGEST_TOKEN"));
+    set(&mut raw.log_format, var("SMS_DISPATCH_LOG_FORMAT"));
+    set(
+        &mut raw.default_ttl_secs,
+        var("SMS_DISPATCH_DEFAULT_TTL_SECS"),
+    );
+    set(&mut raw.max_attempts, var("SMS_DISPATCH_MAX_ATTEMPTS"));
+    set(
+        &mut raw.shutdown_grace_secs,
+        var("SMS_DISPATCH_SHUTDOWN_GRACE_SECS"),
+    );
 }
 
 fn is_sid(value: &str, prefix: &str) -> bool {
@@ -588,41 +601,70 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let secs =
-        |value: Option<String>, field: &str, default: u64, min: u64| -> Result<u64, ConfigError> {
-            match value {
-                None => Ok(default),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n >= min => Ok(n),
-                    _ => Err(err(
-                        field,
-                        &format!("must be a whole number of at least {min}"),
-                        &format!("the default is {default}"),
-                    )),
-                },
-            }
-        };
-    let default_ttl = Duration::from_secs(secs(raw.default_ttl_secs, "default_ttl_secs", 600, 1)?);
-    let shutdown_grace =
-        Duration::from_secs(secs(raw.shutdown_grace_secs, "shutdown grace_secs", 20, 0)?);
+    let number = |value: Option<String>, field: &str, default: u64, range: RangeInclusive<u64>| {
+        match value {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(err(
+                    field,
+                    &format!(
+                        "must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                    &format!("the default is {default}"),
+                )),
+            },
+        }
+    };
+    let default_ttl = Duration::from_secs(number(
+        raw.default_ttl_secs,
+        "default_ttl_secs",
+        600,
+        1..=MAX_TTL_SECS,
+    )?);
+    let shutdown_grace = Duration::from_secs(number(
+        raw.shutdown_grace_secs,
+        "shutdown grace_secs",
+        20,
+        0..=3600,
+    )?);
+    let reconnect_deadline = Duration::from_secs(number(
+        raw.reconnect_deadline_secs,
+        "SMS_DISPATCH_RECONNECT_DEADLINE_SECS",
+        300,
+        5..=3600,
+    )?);
     let defaults = RetryPolicy::default();
-    let max_attempts = secs(raw.max_attempts, "retry max_attempts", 8, 1)?;
+    let max_attempts = number(raw.max_attempts, "retry max_attempts", 8, 1..=100)?;
+    let millis = |value: Option<u64>, field: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(ms) if (1..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(err(
+            field,
+            "must be from 1 to 3600000 milliseconds",
+            &format!("the default is {}", default.as_millis()),
+        )),
+    };
     let retry = RetryPolicy {
         max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
-        base_delay: raw
-            .base_delay_ms
-            .map_or(defaults.base_delay, Duration::from_millis),
-        max_delay: raw
-            .max_delay_ms
-            .map_or(defaults.max_delay, Duration::from_millis),
-        in_process_wait: raw
-            .in_process_wait_ms
-            .map_or(defaults.in_process_wait, Duration::from_millis),
+        base_delay: millis(
+            raw.base_delay_ms,
+            "retry base_delay_ms",
+            defaults.base_delay,
+        )?,
+        max_delay: millis(raw.max_delay_ms, "retry max_delay_ms", defaults.max_delay)?,
+        in_process_wait: millis(
+            raw.in_process_wait_ms,
+            "retry in_process_wait_ms",
+            defaults.in_process_wait,
+        )?,
     };
-    if retry.base_delay.is_zero() || retry.max_delay < retry.base_delay {
+    if retry.max_delay < retry.base_delay {
         return Err(err(
             "retry",
-            "base_delay_ms must be above 0 and max_delay_ms at least base_delay_ms",
+            "max_delay_ms must be at least base_delay_ms",
             "the defaults are 1000 and 300000",
         ));
     }
@@ -659,15 +701,13 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
             url: SecretString::from(url),
             prefetch,
             queue_type,
+            reconnect_deadline,
         },
         http_addr,
         default_ttl,
         retry,
         shutdown_grace,
-        ingest_token: raw
-            .ingest_token
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from),
+        ingest_token: raw.ingest_token.filter(|t| !t.expose_secret().is_empty()),
         log_format,
         twilio,
         templates,
@@ -712,7 +752,7 @@ fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, Confi
             }
             TwilioAuth::ApiKey {
                 sid: key.clone(),
-                secret: SecretString::from(secret.clone()),
+                secret: secret.clone(),
             }
         }
         (Some(_), None, _) | (None, Some(_), _) => {
@@ -722,7 +762,7 @@ fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, Confi
                 "set both TWILIO_API_KEY and TWILIO_API_SECRET, or neither",
             ));
         }
-        (None, None, Some(token)) => TwilioAuth::AuthToken(SecretString::from(token.clone())),
+        (None, None, Some(token)) => TwilioAuth::AuthToken(token.clone()),
         (None, None, None) => {
             return Err(err(
                 "authToken",
@@ -767,6 +807,15 @@ fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, Confi
             ));
         }
     };
+    let timeout = |value: Option<u64>, field: &str, default: u64| match value {
+        None => Ok(Duration::from_millis(default)),
+        Some(ms) if (100..=120_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(err(
+            field,
+            "must be from 100 to 120000 milliseconds",
+            &format!("the default is {default}"),
+        )),
+    };
     let base_url = raw
         .twilio
         .base_url
@@ -786,8 +835,8 @@ fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, Confi
         auth,
         sender,
         base_url,
-        connect_timeout: Duration::from_millis(raw.twilio.connect_timeout_ms.unwrap_or(3_000)),
-        request_timeout: Duration::from_millis(raw.twilio.request_timeout_ms.unwrap_or(10_000)),
+        connect_timeout: timeout(raw.twilio.connect_timeout_ms, "connect_timeout_ms", 3_000)?,
+        request_timeout: timeout(raw.twilio.request_timeout_ms, "request_timeout_ms", 10_000)?,
         risk_check: raw.twilio.risk_check,
     }))
 }

@@ -199,6 +199,9 @@ pub struct Job {
     pub payload: Payload,
     /// When the code goes stale: after this instant it is never sent.
     pub expires_at: SystemTime,
+    /// Whether `expires_at` came from the job itself (rather than from the
+    /// default TTL).
+    pub expiry_stated: bool,
     /// The end user's IP (kept for abuse limits; never logged, never a label).
     ip: Option<String>,
 }
@@ -326,10 +329,11 @@ impl Job {
             },
             Some(_) => return Err(InvalidJob::BadId),
         };
-        let expires_at = match raw.expires_at {
-            Some(Value::String(s)) => parse_rfc3339(&s).ok_or(InvalidJob::BadExpiry)?,
+        let (expires_at, expiry_stated) = match raw.expires_at {
+            Some(Value::String(s)) => (parse_rfc3339(&s).ok_or(InvalidJob::BadExpiry)?, true),
             Some(Value::Null) | None => {
-                envelope.published_at.or(envelope.first_seen).unwrap_or(now) + default_ttl
+                let from = envelope.published_at.or(envelope.first_seen).unwrap_or(now);
+                (from.checked_add(default_ttl).unwrap_or(from), false)
             }
             Some(_) => return Err(InvalidJob::BadExpiry),
         };
@@ -339,6 +343,7 @@ impl Job {
             kind,
             payload,
             expires_at,
+            expiry_stated,
             ip,
         })
     }

@@ -121,20 +121,20 @@ pub fn tier_for(delay: Duration) -> Duration {
         .unwrap_or(LONGEST_DELAY)
 }
 
-/// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
+/// Parses a `Retry-After` value: delay-seconds or an HTTP-date, capped at
+/// [`LONGEST_DELAY`] (a proxy may send anything).
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Some(Duration::from_secs_f64(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs.min(LONGEST_DELAY.as_secs()))
+    } else if let Ok(secs) = value.parse::<f64>() {
+        Duration::try_from_secs_f64(secs).ok()?
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    // Whatever a proxy says, no wait is longer than the longest delay queue.
+    Some(wait.min(LONGEST_DELAY))
 }
 
 #[cfg(test)]
@@ -235,5 +235,11 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("86400", now), Some(LONGEST_DELAY));
+        assert_eq!(parse_retry_after("1e20", now), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(LONGEST_DELAY)
+        );
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Shutdown {
@@ -32,6 +33,23 @@ impl Shutdown {
     /// Asks everything to stop.
     pub fn trigger(&self) {
         self.token.cancel();
+    }
+
+    /// Stops everything because of an incident the orchestrator must see:
+    /// the process then exits with code 1 and `reason`.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.get_or_insert_with(|| reason.into());
+        drop(failure);
+        self.token.cancel();
+    }
+
+    /// The reason given to [`Shutdown::fail`], if the stop is a failure.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Resolves once a stop was asked for.

@@ -1,37 +1,146 @@
-//! Logs: one subscriber, JSON lines or pretty text, set up once at start-up.
+//! Logs and traces: one subscriber, set up once at start-up.
 //!
-//! JSON is the default when stdout is not a terminal (a container, a service
-//! manager); every line carries the fields of the job span it was logged in
-//! (job id, type, masked number, attempt, trace id and, once known, the Twilio
-//! message SID). Log lines never carry a verification code, a token or a full
-//! phone number: the types that hold them print masked forms.
+//! Logs are JSON lines (the default when stdout is not a terminal: a
+//! container, a service manager) or pretty text. Every line logged inside a
+//! job carries the job span's fields: job id, type, masked number, attempt,
+//! the W3C trace id of the request that asked for the code and, once known,
+//! the Twilio message SID. Log lines never carry a verification code, a token
+//! or a full phone number: the types that hold them print masked forms.
+//!
+//! OpenTelemetry export is off unless configured the standard way: when
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, job spans are exported over OTLP/HTTP (protobuf), each a child of the
+//! producer's `traceparent`.
 
 use std::io::IsTerminal;
 
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+use crate::trace_context::TraceParent;
 
-/// Installs the global subscriber. `RUST_LOG` filters (default `info`).
-/// Logs go to stdout; calling it twice is harmless (the second call is
-/// ignored).
-pub fn init(format: Option<LogFormat>) {
+/// The installed telemetry; [`Telemetry::shutdown`] flushes exported spans.
+#[derive(Default)]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+
+    /// Flushes and stops the exporter (blocking: call it off the async
+    /// threads, e.g. with `spawn_blocking`).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer_provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("sms-dispatch: flushing traces failed: {e}");
+        }
+    }
+}
+
+/// The OTLP endpoint variables; exporting is on when one is set.
+const OTLP_ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// Installs the global subscriber: logs to stdout in `format` (or the
+/// default for the terminal), filtered by `RUST_LOG` (default `info`), plus
+/// the OTLP exporter when configured. A second call changes nothing.
+pub fn init(format: Option<LogFormat>) -> Telemetry {
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Pretty
     } else {
         LogFormat::Json
     });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = match format {
-        LogFormat::Json => builder
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .try_init(),
-        LogFormat::Pretty => builder.with_target(false).compact().try_init(),
+            .with_writer(std::io::stdout)
+    });
+    let pretty = (format == LogFormat::Pretty).then(|| {
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_writer(std::io::stdout)
+    });
+    let provider = otlp_provider();
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("sms-dispatch")));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(pretty)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    Telemetry {
+        tracer_provider: provider.filter(|_| installed),
+    }
+}
+
+fn otlp_provider() -> Option<SdkTracerProvider> {
+    let configured = OTLP_ENDPOINT_VARS
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|e| !e.trim().is_empty()));
+    if !configured {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("sms-dispatch: OTLP export disabled: {e}");
+            return None;
+        }
     };
+    let mut resource = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("sms-dispatch");
+    }
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    )
+}
+
+/// Makes the producer's trace the parent of `span` for exported traces. (The
+/// log lines carry the trace id through the span's `trace_id` field either
+/// way.)
+pub fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) {
+    let (Ok(trace_id), Ok(span_id)) = (
+        TraceId::from_hex(&parent.trace_id),
+        SpanId::from_hex(&parent.parent_id),
+    ) else {
+        return;
+    };
+    let flags = if parent.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    let cx = opentelemetry::Context::new().with_remote_span_context(remote);
+    let _ = span.set_parent(cx);
 }

@@ -149,8 +149,10 @@ fn parse_parts(content: &str) -> Vec<Part> {
                 rest = &after[len..];
             }
             None => {
-                text.push_str(&rest[..open + 2]);
-                rest = after;
+                // Not a placeholder here; one brace further on it may be
+                // (`{{{code}}}` renders as `{123456}`, as in Logto).
+                text.push_str(&rest[..open + 1]);
+                rest = &rest[open + 1..];
             }
         }
     }
@@ -263,12 +265,11 @@ impl Templates {
         all
     }
 
-    /// Whether a job of this type has a template in some locale (its own or
-    /// Generic's).
+    /// Whether every job of this type finds a template, whatever its locale:
+    /// its type or Generic has one without a locale.
     pub fn covers(&self, kind: TemplateType) -> bool {
-        self.by_key
-            .keys()
-            .any(|(k, _)| *k == kind || *k == TemplateType::Generic)
+        self.by_key.contains_key(&(kind, None))
+            || self.by_key.contains_key(&(TemplateType::Generic, None))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// The longest a rate limit holds every call of the worker.
+pub const MAX_HOLD: Duration = Duration::from_secs(30);
+
 /// The shared limit on concurrent Twilio calls.
 #[derive(Debug)]
 pub struct Throttle {
@@ -102,7 +105,9 @@ impl Throttle {
         let now = Instant::now();
         let mut s = self.lock();
         if let Some(ra) = retry_after {
-            let until = now + ra;
+            // One job's Retry-After may park that job for minutes, but the
+            // whole worker holds for at most MAX_HOLD.
+            let until = now + ra.min(MAX_HOLD);
             s.hold_until = Some(s.hold_until.map_or(until, |h| h.max(until)));
         }
         let recent = s

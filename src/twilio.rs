@@ -91,6 +91,16 @@ impl SendError {
         matches!(self, SendError::Http { status: 429, .. }) || self.twilio_code() == Some(20429)
     }
 
+    /// Whether Twilio may have created the message despite the error (a
+    /// timeout or a lost connection after sending, or a 5xx): a retry may
+    /// then send a second SMS. A 429 was never processed.
+    pub fn may_have_sent(&self) -> bool {
+        match self {
+            SendError::Http { status, .. } => *status >= 500,
+            SendError::Network { maybe_sent, .. } => *maybe_sent,
+        }
+    }
+
     /// A network failure rather than an answer.
     pub fn is_network(&self) -> bool {
         matches!(self, SendError::Network { .. })
@@ -226,19 +236,9 @@ impl TwilioClient {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.contains("json"));
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                if status == 201 {
-                    // Twilio created the message but we lost the answer.
-                    return Err(SendError::Network {
-                        maybe_sent: true,
-                        message: format!("reading the 201 answer failed: {}", describe(&e)),
-                    });
-                }
-                Default::default()
-            }
-        };
+        // A body that cannot be read is an empty one: for a 201 that still
+        // means Twilio created the message (below).
+        let body = response.bytes().await.unwrap_or_default();
         if status == 201 {
             return match serde_json::from_slice::<MessageResource>(&body) {
                 Ok(m) => Ok(Accepted {

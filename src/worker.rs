@@ -25,9 +25,9 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{self, Publisher};
+use crate::broker::{self, PublishError, Publisher};
 use crate::classify::Class;
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::dead_letter::{self, DeadLetter, Reason};
 use crate::encoding;
 use crate::health::Health;
@@ -59,6 +59,8 @@ pub enum Finished {
     /// Left unacked: the broker connection was lost, so the broker will
     /// deliver it again.
     Abandoned,
+    /// The handler panicked (a bug); the job was rejected to `sms.dead`.
+    Panicked,
 }
 
 /// Where messages go: Twilio, or (with `--dry-run`) the log.
@@ -71,6 +73,7 @@ pub enum Transport {
 /// What one job needs, shared by every job of a worker.
 pub struct Worker {
     templates: Templates,
+    queue_type: QueueType,
     transport: Transport,
     publisher: Publisher,
     retry: RetryPolicy,
@@ -107,6 +110,9 @@ struct Received {
     attempts: u32,
     published_at: Option<SystemTime>,
     first_seen: SystemTime,
+    /// Whether the first-receipt time came with the message (publish time or
+    /// our header) rather than from this delivery.
+    first_seen_carried: bool,
     trace: Option<TraceParent>,
 }
 
@@ -126,22 +132,48 @@ impl Received {
                 SystemTime::UNIX_EPOCH + Duration::from_secs(t)
             }
         });
-        let first_seen = topology::header_i64(headers, HEADER_FIRST_SEEN)
+        let carried = topology::header_i64(headers, HEADER_FIRST_SEEN)
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-            .or(published_at)
-            .unwrap_or(now);
+            .or(published_at);
+        let first_seen = carried.unwrap_or(now);
         let trace = topology::header_str(headers, HEADER_TRACEPARENT).and_then(TraceParent::parse);
         Received {
             attempts,
             published_at,
             first_seen,
+            first_seen_carried: carried.is_some(),
             trace,
         }
     }
 }
 
 impl Worker {
+    /// [`Worker::handle`], counted in `sms_in_flight`, with a guard: a bug
+    /// that panics must not leave the delivery unacked for ever. The broker
+    /// dead-letters a rejected job to `sms.dead` (`x-death` reason
+    /// `rejected`), so it is neither lost nor retried in a loop.
+    pub async fn handle_guarded(&self, delivery: Delivery, probe: bool) -> Finished {
+        use futures_lite::FutureExt as _;
+        let acker = delivery.acker.clone();
+        self.metrics.in_flight.inc();
+        let outcome = std::panic::AssertUnwindSafe(self.handle(delivery, probe))
+            .catch_unwind()
+            .await;
+        self.metrics.in_flight.dec();
+        match outcome {
+            Ok(finished) => finished,
+            Err(_) => {
+                error!("the job handler panicked; rejecting the job to the dead-letter queue");
+                let reject = lapin::options::BasicRejectOptions { requeue: false };
+                match acker.reject(reject).await {
+                    Ok(true) => Finished::Panicked,
+                    Ok(false) | Err(_) => Finished::Abandoned,
+                }
+            }
+        }
+    }
+
     /// The life of one job. Returns how it left the worker.
     pub async fn handle(&self, delivery: Delivery, probe: bool) -> Finished {
         let now = SystemTime::now();
@@ -191,6 +223,9 @@ impl Worker {
             trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
             message_sid = tracing::field::Empty,
         );
+        if let Some(parent) = &trace {
+            crate::telemetry::set_remote_parent(&span, parent);
+        }
         self.life_of(delivery, job, received, probe)
             .instrument(span)
             .await
@@ -230,7 +265,11 @@ impl Worker {
             let error = format!(
                 "no template for type {} (locale {}) and no Generic template",
                 job.kind,
-                job.payload.locale().unwrap_or("none")
+                job.payload.locale().map_or("none", |l| if is_tag(l) {
+                    l
+                } else {
+                    "not a language tag"
+                })
             );
             return self
                 .dead_letter(
@@ -295,7 +334,7 @@ impl Worker {
                 )
                 .await
             }
-            SendResult::Paused => self.requeue(&delivery).await,
+            SendResult::Paused => self.put_back(&delivery, &job, &received).await,
             SendResult::Failed {
                 error,
                 attempts,
@@ -315,7 +354,7 @@ impl Worker {
                     self.park(&delivery, &received, &error, attempts, delay, tier)
                         .await
                 }
-                Next::Requeue => self.requeue(&delivery).await,
+                Next::Requeue => self.put_back(&delivery, &job, &received).await,
             },
         }
     }
@@ -401,6 +440,7 @@ impl Worker {
                                 outcome = "retry",
                                 delay_ms = delay.as_millis() as u64,
                                 twilio_code = error.twilio_code(),
+                                may_have_sent = error.may_have_sent(),
                                 error = %error,
                                 attempts,
                                 "retrying in the process"
@@ -432,14 +472,47 @@ impl Worker {
         }
     }
 
-    async fn requeue(&self, delivery: &Delivery) -> Finished {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        };
-        match delivery.acker.nack(requeue).await {
-            Ok(true) => Finished::Requeued,
-            Ok(false) | Err(_) => Finished::Abandoned,
+    /// Puts a job back in the queue for later (the worker is paused). A job
+    /// whose expiry is anchored in the message goes back unchanged (nack,
+    /// requeue). One without (no `expires_at`, no AMQP timestamp) is
+    /// republished with its first-receipt time in `x-sms-first-seen`
+    /// (confirmed, then acked), so waiting out a pause cannot restart its
+    /// clock.
+    async fn put_back(&self, delivery: &Delivery, job: &Job, received: &Received) -> Finished {
+        if job.expiry_stated || received.first_seen_carried {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            return match delivery.acker.nack(requeue).await {
+                Ok(true) => Finished::Requeued,
+                Ok(false) | Err(_) => Finished::Abandoned,
+            };
+        }
+        let mut headers = dead_letter::without(
+            delivery.properties.headers().as_ref(),
+            &[topology::HEADER_DELIVERY_COUNT],
+        );
+        topology::set_i64(
+            &mut headers,
+            HEADER_FIRST_SEEN,
+            unix_millis(received.first_seen),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        if !self
+            .publish_until_safe(
+                delivery,
+                topology::EXCHANGE,
+                topology::ROUTING_KEY,
+                properties,
+            )
+            .await
+        {
+            return Finished::Abandoned;
+        }
+        match self.ack(delivery, Finished::Requeued).await {
+            Finished::Requeued => Finished::Requeued,
+            other => other,
         }
     }
 
@@ -498,11 +571,11 @@ impl Worker {
             &[topology::HEADER_DELIVERY_COUNT],
         );
         topology::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(attempts));
-        let first_seen_ms = received
-            .first_seen
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        topology::set_i64(&mut headers, HEADER_FIRST_SEEN, first_seen_ms);
+        topology::set_i64(
+            &mut headers,
+            HEADER_FIRST_SEEN,
+            unix_millis(received.first_seen),
+        );
         let properties = delivery
             .properties
             .clone()
@@ -521,6 +594,7 @@ impl Worker {
             delay_ms = delay.as_millis() as u64,
             queue = queue.as_str(),
             twilio_code = error.twilio_code(),
+            may_have_sent = error.may_have_sent(),
             error = %error,
             attempts,
             "retry scheduled in a delay queue"
@@ -554,10 +628,32 @@ impl Worker {
                     error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
+                    if matches!(e, PublishError::Unroutable { .. }) {
+                        // Someone deleted a queue or binding: put it back.
+                        if let Err(e) =
+                            topology::declare(self.publisher.channel(), self.queue_type).await
+                        {
+                            warn!(error = %e, "re-declaring the topology failed");
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Whether an end user's locale looks like a language tag (it is repeated in
+/// a dead letter's error text only then).
+fn is_tag(locale: &str) -> bool {
+    locale.len() <= 35
+        && locale
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Errors that stop the worker (exit code 1).
@@ -569,6 +665,8 @@ pub enum WorkerError {
     ConsumerLost { queue: &'static str, detail: String },
     #[error("{0}")]
     Setup(String),
+    #[error("{0}")]
+    Incident(String),
 }
 
 /// Everything `run` needs besides the config.
@@ -611,7 +709,12 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
     )
     .await?;
     health.set_connected(true);
-    watch_connection(&connection, health.clone());
+    watch_connection(
+        &connection,
+        health.clone(),
+        shutdown.clone(),
+        config.broker.reconnect_deadline,
+    );
     let publisher = Publisher::open(&connection).await?;
     topology::declare(publisher.channel(), config.broker.queue_type).await?;
     let channel = connection.create_channel().await?;
@@ -622,6 +725,7 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
     let prefetch = usize::from(config.broker.prefetch);
     let worker = Arc::new(Worker {
         templates,
+        queue_type: config.broker.queue_type,
         transport,
         publisher,
         retry: config.retry.clone(),
@@ -662,12 +766,22 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
             biased;
             () = shutdown.requested() => break,
             () = worker.pause.tripped(), if !cancelling => {
-                cancelling = true;
                 health.set_consuming(false);
                 // The deliveries already on their way still arrive; their
-                // tasks see the pause and put them back.
-                if let Err(e) = channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
-                    warn!(error = %e, "cancelling the consumer failed");
+                // tasks see the pause and put them back. The stream ends
+                // once the broker has confirmed the cancel.
+                match channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
+                    Ok(()) => cancelling = true,
+                    Err(e) => {
+                        // Most likely the connection is down: once lapin has
+                        // recovered (and re-created the consumer), this arm
+                        // fires again and cancels it.
+                        warn!(error = %e, "cancelling the consumer failed; retrying after recovery");
+                        channel.wait_for_recovery(e).await.map_err(|e| WorkerError::ConsumerLost {
+                            queue: topology::QUEUE,
+                            detail: e.to_string(),
+                        })?;
+                    }
                 }
             }
             next = active.next() => match next {
@@ -731,18 +845,23 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
             "grace period over; unfinished jobs go back to the queue untouched"
         );
     }
-    let _ = channel.close(200, "shutdown".into()).await;
-    let _ = connection.close(200, "shutdown".into()).await;
+    // A dead connection must not hold the exit up.
+    let close = async {
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = connection.close(200, "shutdown".into()).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+    if let Some(reason) = shutdown.failure() {
+        return Err(WorkerError::Incident(reason));
+    }
     info!("stopped");
     Ok(())
 }
 
 fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
     let worker = Arc::clone(worker);
-    worker.metrics.in_flight.inc();
     tracker.spawn(async move {
-        worker.handle(delivery, false).await;
-        worker.metrics.in_flight.dec();
+        worker.handle_guarded(delivery, false).await;
     });
 }
 
@@ -788,12 +907,8 @@ async fn probe_until_resumed(
             }
         };
         let prober = Arc::clone(worker);
-        prober.metrics.in_flight.inc();
-        let probe = tracker.spawn(async move {
-            let finished = prober.handle(message.delivery, true).await;
-            prober.metrics.in_flight.dec();
-            finished
-        });
+        let probe =
+            tracker.spawn(async move { prober.handle_guarded(message.delivery, true).await });
         match probe.await {
             Ok(Finished::Sent) => {
                 worker.pause.resume();
@@ -814,20 +929,54 @@ async fn probe_until_resumed(
     }
 }
 
-/// Keeps `health` in step with the connection: disconnected on an error,
-/// connected again once lapin has recovered.
-fn watch_connection(connection: &Connection, health: Health) {
+/// Keeps `health` in step with the connection. lapin reports no event when
+/// it starts recovering (only `Connected` once it is back), so the state is
+/// read every 200 ms as well; a change is logged once. A connection that has
+/// not recovered within `deadline` is an incident: the worker stops with exit
+/// code 1 so that the orchestrator restarts it.
+fn watch_connection(
+    connection: &Connection,
+    health: Health,
+    shutdown: Shutdown,
+    deadline: Duration,
+) {
+    let status = connection.status().clone();
     let mut events = connection.events_listener();
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            match event {
-                lapin::Event::Connected => {
-                    health.set_connected(true);
-                    info!("broker connection (re)established");
+        let mut lost_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = shutdown.requested() => break,
+                event = events.next() => {
+                    if event.is_none() {
+                        break;
+                    }
                 }
-                lapin::Event::Error(e) => {
+                _ = tick.tick() => {}
+            }
+            let connected = status.connected();
+            match (connected, lost_since) {
+                (true, Some(_)) => {
+                    lost_since = None;
+                    health.set_connected(true);
+                    info!("broker connection re-established");
+                }
+                (false, None) => {
+                    lost_since = Some(Instant::now());
                     health.set_connected(false);
-                    warn!(error = %e, "broker connection lost; lapin is reconnecting");
+                    warn!("broker connection lost; lapin is reconnecting");
+                }
+                (false, Some(since)) if since.elapsed() > deadline => {
+                    error!(
+                        deadline_secs = deadline.as_secs(),
+                        "the broker connection did not recover in time; exiting so that the orchestrator restarts the worker"
+                    );
+                    shutdown.fail(format!(
+                        "the broker connection did not recover within {} s",
+                        deadline.as_secs()
+                    ));
+                    break;
                 }
                 _ => {}
             }

@@ -77,7 +77,9 @@ fn a_bad_config_stops_with_one_line_and_exit_code_2() {
         .to_string(),
     );
     let typo = ConfigFile::write("toml", "[amqp]\nprefech = 10\n");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    /// (arguments, environment, what the error line must mention)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["run", "--config", no_code.0.to_str().unwrap()],
             vec![],
@@ -232,7 +234,9 @@ fn the_log_scan_catches_codes_tokens_and_numbers() {
     assert!(!scan_logs(&lines(&format!(r#"{{"t":"{TEST_AUTH_TOKEN}"}}"#)), true).is_empty());
     assert!(!scan_logs(&lines(r#"{"to":"+819012345678"}"#), true).is_empty());
     assert!(!scan_logs(&lines("not json"), true).is_empty());
-    // The code's digits inside a timestamp's fraction are not the code.
+    // The code's digits inside a timestamp's fraction or a UUID are not the code.
     let ts = format!(r#"{{"timestamp":"2026-11-23T15:38:35.{code}Z"}}"#);
     assert!(scan_logs(&lines(&ts), true).is_empty());
+    let id = format!(r#"{{"job_id":"job-a{code}b-4a1b"}}"#);
+    assert!(scan_logs(&lines(&id), true).is_empty());
 }

@@ -99,19 +99,14 @@ async fn every_type_gets_its_template_with_locale_and_generic_fallback() {
             (0, 0),
             "nothing dead-lettered"
         );
-        let sent: Vec<_> = bed
-            .worker
-            .json_logs()
-            .into_iter()
-            .filter(|l| l["outcome"] == "sent")
-            .collect();
+        let logs = bed.worker.finish().await;
+        let sent: Vec<_> = logs.iter().filter(|l| l["outcome"] == "sent").collect();
         assert_eq!(sent.len(), cases.len(), "one log line per sent job");
         assert!(sent.iter().all(|l| {
             l["span"]["message_sid"]
                 .as_str()
                 .is_some_and(|s| s.starts_with("SM"))
         }));
-        bed.worker.finish();
     })
     .await;
 }
@@ -151,7 +146,7 @@ async fn a_type_without_template_or_generic_is_dead_lettered_no_template() {
             assert_eq!(d.header_i64("x-sms-twilio-code"), None);
         }
         assert_eq!(bed.twilio.request_count(), 0, "Twilio was never called");
-        bed.worker.finish();
+        bed.worker.finish().await;
     })
     .await;
 }
@@ -195,8 +190,8 @@ async fn a_permanent_error_is_tried_once_and_dead_lettered_with_the_twilio_code(
                 .count();
             assert_eq!(calls, 1, "a permanent error is tried exactly once");
         }
-        assert_eq!(bed.vhost.counts("sms.send"), (0, 0));
-        bed.worker.finish();
+        bed.wait_drained(SECS).await;
+        bed.worker.finish().await;
     })
     .await;
 }
@@ -249,7 +244,7 @@ async fn malformed_jobs_are_dead_lettered_with_a_reason_and_the_worker_carries_o
             .wait_until(SECS, "the good job sent", |r| r.iter().any(|r| r.to() == good.to))
             .await;
         assert_eq!(bed.twilio.request_count(), 1, "no malformed job reached Twilio");
-        bed.worker.finish();
+        bed.worker.finish().await;
     })
     .await;
 }
@@ -280,14 +275,9 @@ async fn a_transient_error_succeeds_on_retry() {
         }
         bed.wait_drained(SECS).await;
         assert_eq!(bed.vhost.counts("sms.dead"), (0, 0));
-        let retries = bed
-            .worker
-            .json_logs()
-            .into_iter()
-            .filter(|l| l["outcome"] == "retry")
-            .count();
+        let logs = bed.worker.finish().await;
+        let retries = logs.iter().filter(|l| l["outcome"] == "retry").count();
         assert_eq!(retries, 3, "one retry line per failure");
-        bed.worker.finish();
     })
     .await;
 }
@@ -320,7 +310,7 @@ async fn keeps_a_prefetch_worth_of_slow_calls_in_flight() {
             "{max} calls in flight exceed the prefetch of 100"
         );
         assert_eq!(bed.twilio.request_count(), jobs.len(), "each job sent once");
-        bed.worker.finish();
+        bed.worker.finish().await;
     })
     .await;
 }
@@ -345,7 +335,7 @@ async fn dry_run_renders_and_logs_masked_without_calling_twilio() {
         assert!(line["span"]["to"].as_str().unwrap().contains("****"));
         bed.wait_drained(SECS).await;
         assert_eq!(bed.twilio.request_count(), 0);
-        bed.worker.finish();
+        bed.worker.finish().await;
     })
     .await;
 }

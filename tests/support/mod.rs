@@ -106,9 +106,10 @@ pub fn scan_logs(lines: &[String], json_lines: bool) -> Vec<String> {
     problems
 }
 
-/// Whether `needle` occurs in `line` not glued to other digits or a decimal
-/// point (a code's digits may occur by chance inside a timestamp's fraction
-/// or a longer number; that is not the code).
+/// Whether `needle` occurs in `line` as a token of its own, not glued to
+/// letters, digits or a decimal point: a code's six digits occur by chance
+/// inside a UUID, a timestamp's fraction or a longer number, and that is not
+/// the code. (A leak looks like `is 123456`, `"123456"`, `=123456&`.)
 fn contains_token(line: &str, needle: &str) -> bool {
     let numeric = needle.bytes().all(|b| b.is_ascii_digit());
     line.match_indices(needle).any(|(i, _)| {
@@ -117,8 +118,8 @@ fn contains_token(line: &str, needle: &str) -> bool {
         }
         let before = line[..i].bytes().next_back();
         let after = line[i + needle.len()..].bytes().next();
-        !before.is_some_and(|b| b.is_ascii_digit() || b == b'.')
-            && !after.is_some_and(|b| b.is_ascii_digit())
+        !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.')
+            && !after.is_some_and(|b| b.is_ascii_alphanumeric())
     })
 }
 
@@ -494,6 +495,7 @@ impl<'a> WorkerOptions<'a> {
 pub struct WorkerProcess {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub http: SocketAddr,
     client: reqwest::Client,
     scanned: bool,
@@ -503,7 +505,11 @@ impl WorkerProcess {
     /// Starts `sms-dispatch run` and waits until its HTTP listener is up.
     pub async fn start(options: WorkerOptions<'_>) -> WorkerProcess {
         let mut cmd = Command::new(BIN);
-        cmd.arg("run")
+        // A clean environment: nothing from the developer's shell (an API
+        // key, a From number) changes what the worker does.
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .arg("run")
             .args(&options.args)
             .env("SMS_DISPATCH_CONFIG", &options.config.0)
             .env("SMS_DISPATCH_AMQP_URL", options.amqp_url)
@@ -511,8 +517,6 @@ impl WorkerProcess {
             .env("SMS_DISPATCH_PREFETCH", options.prefetch.to_string())
             .env("SMS_DISPATCH_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .env_remove("TWILIO_ACCOUNT_SID")
-            .env_remove("TWILIO_AUTH_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(twilio) = options.twilio {
@@ -523,20 +527,22 @@ impl WorkerProcess {
         }
         let mut child = cmd.spawn().expect("the worker binary starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let mut worker = WorkerProcess {
             child,
             lines,
+            readers,
             http: "0.0.0.0:0".parse().unwrap(),
             client: reqwest::Client::new(),
             scanned: false,
@@ -655,9 +661,28 @@ impl WorkerProcess {
         .await
     }
 
-    /// Scans the logs now and fails the test on any problem.
-    pub fn finish(mut self) {
+    /// Stops the worker gracefully (SIGTERM), waits for it to exit and for
+    /// all its output, scans every line, and returns the JSON lines.
+    pub async fn finish(mut self) -> Vec<Value> {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+            let status = self.wait_exit(Duration::from_secs(30)).await;
+            assert!(
+                status.success(),
+                "the worker exited with {status} on SIGTERM"
+            );
+        }
+        self.drain_output();
         self.scan();
+        self.json_logs()
+    }
+
+    /// Waits until the output readers have read everything (the process
+    /// has exited, so its pipes are closed).
+    fn drain_output(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
     }
 
     fn scan(&mut self) {
@@ -678,7 +703,17 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
+        self.drain_output();
+        if std::thread::panicking() {
+            // Show what the worker said, to explain the failure.
+            let lines = self.logs();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- the worker's last {} log lines ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        } else {
             self.scan();
         }
     }
