@@ -132,10 +132,20 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
     Ok(())
 }
 
-/// `x-queue-type` only.
+/// A quorum queue's delivery limit, set so high that it never triggers:
+/// RabbitMQ 4 defaults to 20, after which a message that keeps coming back
+/// (a job put back on every pause probe, a dead letter listed by `dlq list`)
+/// would be dropped or dead-lettered without our headers. (-1 is no way
+/// out: RabbitMQ 3.10 reads it as "drop at the first return".)
+pub const DELIVERY_LIMIT: i64 = 1_000_000;
+
+/// `x-queue-type`, and the delivery limit for quorum queues.
 fn base_args(queue_type: QueueType) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string(queue_type.as_str()));
+    if queue_type == QueueType::Quorum {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    }
     args
 }
 

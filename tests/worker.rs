@@ -95,8 +95,8 @@ async fn every_type_gets_its_template_with_locale_and_generic_fallback() {
         }
         bed.wait_drained(SECS).await;
         assert_eq!(
-            bed.vhost.counts("sms.dead"),
-            (0, 0),
+            ready(&bed.channel, "sms.dead").await,
+            0,
             "nothing dead-lettered"
         );
         let logs = bed.worker.finish().await;
@@ -274,7 +274,7 @@ async fn a_transient_error_succeeds_on_retry() {
             assert_eq!(calls[1].status, 201);
         }
         bed.wait_drained(SECS).await;
-        assert_eq!(bed.vhost.counts("sms.dead"), (0, 0));
+        assert_eq!(ready(&bed.channel, "sms.dead").await, 0);
         let logs = bed.worker.finish().await;
         let retries = logs.iter().filter(|l| l["outcome"] == "retry").count();
         assert_eq!(retries, 3, "one retry line per failure");

@@ -268,28 +268,14 @@ impl Vhost {
         p
     }
 
-    /// Ready and unacknowledged counts of a queue (0, 0 when it is missing).
-    pub fn counts(&self, queue: &str) -> (u64, u64) {
-        let out = rabbitmqctl(
-            self.node.as_deref(),
-            &[
-                "list_queues",
-                "-p",
-                &self.name,
-                "--quiet",
-                "--no-table-headers",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ],
-        );
-        for line in out.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 3 && f[0] == queue {
-                return (f[1].parse().unwrap_or(0), f[2].parse().unwrap_or(0));
-            }
-        }
-        (0, 0)
+    /// The number of messages ready in `queue`, exactly (a passive declare;
+    /// `rabbitmqctl list_queues` lags a second behind for quorum queues).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let conn = self.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        let n = ready(&channel, queue).await;
+        let _ = conn.close(200, "counted".into()).await;
+        n
     }
 }
 
@@ -770,15 +756,24 @@ impl TestBed {
         take_at_least(&self.channel, "sms.dead", n, deadline).await
     }
 
-    /// Waits until sms.send has nothing ready or unacked.
+    /// Waits until sms.send has nothing ready and the worker holds nothing
+    /// (`sms_in_flight` is 0: every delivery it took was acked or put back).
     pub async fn wait_drained(&self, deadline: Duration) {
-        eventually(
-            deadline,
-            "sms.send drained and every delivery acked",
-            || async { (self.vhost.counts("sms.send") == (0, 0)).then_some(()) },
-        )
-        .await;
+        wait_drained(&self.channel, &self.worker, deadline).await;
     }
+}
+
+/// Waits until `sms.send` has nothing ready and `worker` holds nothing.
+pub async fn wait_drained(channel: &Channel, worker: &WorkerProcess, deadline: Duration) {
+    eventually(
+        deadline,
+        "sms.send drained and nothing in flight",
+        || async {
+            let idle = metric(&worker.metrics().await, "sms_in_flight", "") == Some(0.0);
+            (idle && ready(channel, "sms.send").await == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -818,4 +813,114 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// ---------------------------------------------------------------- a broker of its own
+
+/// A RabbitMQ node of the test's own (its own ports, data and logs under
+/// /tmp), for tests that stop and start the broker without disturbing the
+/// shared one. Stopped and removed on drop.
+pub struct BrokerNode {
+    pub node: String,
+    pub port: u16,
+    base: PathBuf,
+}
+
+impl BrokerNode {
+    /// Starts `name@localhost` with AMQP on `port` and distribution on
+    /// `dist_port`, and waits until it runs (about ten seconds).
+    pub fn start(name: &str, port: u16, dist_port: u16) -> BrokerNode {
+        let node = format!("{name}@localhost");
+        // A node left over by an aborted run would hold the ports.
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let base = std::env::temp_dir().join(format!("sms-dispatch-{name}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("mnesia")).unwrap();
+        std::fs::create_dir_all(base.join("log")).unwrap();
+        std::fs::write(
+            base.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(base.join("rabbitmq-env.conf"), format!("NODENAME={node}\n")).unwrap();
+        // The server drops to the rabbitmq user, which must own its files.
+        let chown = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&base)
+            .status()
+            .expect("chown runs");
+        assert!(chown.success(), "chown of {} failed", base.display());
+        let path = |p: &str| base.join(p).display().to_string();
+        let started = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf"))
+            .status()
+            .expect("rabbitmq-server runs");
+        assert!(started.success(), "rabbitmq-server -detached failed");
+        let broker = BrokerNode { node, port, base };
+        broker.wait_running(Duration::from_secs(90));
+        broker
+    }
+
+    /// Waits until the node's broker application runs.
+    pub fn wait_running(&self, deadline: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let ok = Command::new("rabbitmqctl")
+                .args(["-n", &self.node, "await_startup", "--timeout", "10"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the broker node {} did not start within {deadline:?}",
+                self.node
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops the broker application (connections drop, durable data stays).
+    pub fn stop_app(&self) {
+        rabbitmqctl(Some(&self.node), &["stop_app"]);
+    }
+
+    /// Starts the broker application again and waits until it runs.
+    pub fn start_app(&self) {
+        rabbitmqctl(Some(&self.node), &["start_app"]);
+        self.wait_running(Duration::from_secs(60));
+    }
+
+    /// A private vhost on this node.
+    pub fn vhost(&self) -> Vhost {
+        Vhost::create_on(Some(&self.node), self.port)
+    }
+}
+
+impl Drop for BrokerNode {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
 }

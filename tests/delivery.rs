@@ -1,0 +1,409 @@
+//! Delivery guarantees against a real broker: retries survive restarts and
+//! honour Retry-After, stale codes are never sent, account faults pause
+//! instead of dead-lettering, SIGTERM finishes what is in flight, and a kill -9
+//! loses nothing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const SECS: Duration = Duration::from_secs(30);
+
+/// Counts the 201s per recipient.
+fn accepted_per_number(twilio: &FakeTwilio) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in twilio.accepted() {
+        *counts.entry(r.to().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_errors_and_rate_limits_are_retried_never_before_retry_after() {
+    within(120, async {
+        let bed = TestBed::start(ConfigFile::full()).await;
+        // Two 5xx in a row: retried in the process, then sent.
+        let flaky = TestJob::new(&number(), "SignIn");
+        bed.twilio.script(
+            &flaky.to,
+            [Reply::server_error(500), Reply::server_error(503)],
+        );
+        // A rate limit with Retry-After: 3 s is longer than the in-process
+        // budget (2 s), so the job is parked in a delay queue.
+        let limited = TestJob::new(&number(), "Register");
+        bed.twilio.script(
+            &limited.to,
+            [Reply::too_many_requests().with_retry_after("3")],
+        );
+        bed.publish(&flaky).await;
+        bed.publish(&limited).await;
+        let first_429 = bed
+            .twilio
+            .wait_until(SECS, "the rate limit answered", |r| {
+                r.iter().any(|r| r.to() == limited.to && r.status == 429)
+            })
+            .await
+            .into_iter()
+            .find(|r| r.status == 429)
+            .unwrap();
+        // The whole worker slows down: a job published now waits too.
+        let bystander = TestJob::new(&number(), "SignIn");
+        bed.publish(&bystander).await;
+
+        let seen = bed
+            .twilio
+            .wait_until(SECS, "every job sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() == 3
+            })
+            .await;
+        let calls = |to: &str| -> Vec<&Received> { seen.iter().filter(|r| r.to() == to).collect() };
+        assert_eq!(calls(&flaky.to).len(), 3, "two 5xx then a 201");
+        let retried = calls(&limited.to);
+        assert_eq!(retried.len(), 2, "one 429 then a 201");
+        let waited = retried[1].at.duration_since(first_429.answered_at);
+        assert!(
+            waited >= Duration::from_secs(3),
+            "retried {waited:?} after a 429 that said Retry-After: 3"
+        );
+        let bystander_at = calls(&bystander.to)[0].at;
+        assert!(
+            bystander_at.duration_since(first_429.answered_at) >= Duration::from_millis(2900),
+            "a job published during the rate limit went out {:?} after it",
+            bystander_at.duration_since(first_429.answered_at)
+        );
+        bed.wait_drained(SECS).await;
+        assert_eq!(
+            ready(&bed.channel, "sms.dead").await,
+            0,
+            "nothing dead-lettered"
+        );
+
+        let logs = bed.worker.finish().await;
+        let parked = logs
+            .iter()
+            .find(|l| l["message"] == "retry scheduled in a delay queue")
+            .expect("the 429 was parked");
+        assert_eq!(parked["queue"], "sms.retry.4s");
+        assert_eq!(parked["twilio_code"], 20429);
+        assert!(parked["delay_ms"].as_u64().unwrap() >= 3000);
+        assert!(
+            logs.iter().any(|l| l["message"]
+                == "rate limited by Twilio: fewer concurrent calls until it recovers"),
+            "the rate limit slowed the whole worker"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_are_counted_in_the_message_and_end_in_retries_exhausted() {
+    within(60, async {
+        let config = ConfigFile::full();
+        let twilio = FakeTwilio::start().await;
+        let bed = TestBed::start_with(config, twilio, |o| {
+            o.env.push(("SMS_DISPATCH_MAX_ATTEMPTS", "3".to_owned()));
+        })
+        .await;
+        let doomed = TestJob::new(&number(), "SignIn");
+        bed.twilio.script(
+            &doomed.to,
+            [
+                Reply::server_error(503),
+                Reply::server_error(503),
+                Reply::server_error(503),
+                Reply::created(),
+            ],
+        );
+        bed.publish(&doomed).await;
+        let dead = bed.dead_letters(1, SECS).await;
+        assert_eq!(
+            dead[0].header_str("x-sms-reason").as_deref(),
+            Some("retries_exhausted")
+        );
+        assert_eq!(dead[0].header_i64("x-sms-attempts"), Some(3));
+        assert_eq!(dead[0].header_i64("x-sms-twilio-code"), Some(20503));
+        assert_eq!(bed.twilio.request_count(), 3, "three attempts in all");
+        bed.worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_retry_survives_a_worker_crash_with_its_attempt_count() {
+    within(120, async {
+        let vhost = Vhost::create();
+        let twilio = FakeTwilio::start().await;
+        let config = ConfigFile::full();
+        let job = TestJob::new(&number(), "SignIn");
+        // 503 with Retry-After: 5 parks the job (sms.retry.8s).
+        twilio.script(&job.to, [Reply::server_error(503).with_retry_after("5")]);
+        let mut first =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let conn = vhost.connect().await;
+        let publisher = vhost.publisher(&conn).await;
+        publish(&publisher, &job).await;
+        first
+            .wait_log(SECS, "the job parked", |l| {
+                (l["message"] == "retry scheduled in a delay queue").then_some(())
+            })
+            .await;
+        first.kill9();
+        first.wait_exit(SECS).await;
+        assert_eq!(
+            vhost.ready("sms.retry.8s").await,
+            1,
+            "the job waits in the broker"
+        );
+
+        let second =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let seen = twilio
+            .wait_until(SECS, "the job sent by the new worker", |r| {
+                r.iter().any(|r| r.status == 201)
+            })
+            .await;
+        assert_eq!(seen.len(), 2);
+        assert!(seen[1].at.duration_since(seen[0].answered_at) >= Duration::from_secs(5));
+        let channel = conn.create_channel().await.unwrap();
+        wait_drained(&channel, &second, SECS).await;
+        let logs = second.finish().await;
+        let sent = logs.iter().find(|l| l["outcome"] == "sent").unwrap();
+        assert_eq!(sent["attempts"], 2, "the count came with the message");
+        assert_eq!(sent["span"]["attempt"], 2);
+        drop(first);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_code_is_never_sent() {
+    within(60, async {
+        let bed = TestBed::start(ConfigFile::full()).await;
+        let stale = TestJob::new(&number(), "SignIn").expired();
+        // 4 s left, but Twilio says come back in 10 s: no retry past expiry.
+        let short = TestJob::new(&number(), "SignIn").expires_in(Duration::from_secs(4));
+        bed.twilio
+            .script(&short.to, [Reply::server_error(503).with_retry_after("10")]);
+        bed.publish(&stale).await;
+        bed.publish(&short).await;
+        let dead = bed.dead_letters(2, SECS).await;
+        for d in &dead {
+            assert_eq!(d.header_str("x-sms-reason").as_deref(), Some("expired"));
+        }
+        let stale_dead = dead.iter().find(|d| d.json()["id"] == stale.id).unwrap();
+        assert_eq!(stale_dead.header_i64("x-sms-attempts"), Some(0));
+        let short_dead = dead.iter().find(|d| d.json()["id"] == short.id).unwrap();
+        assert_eq!(short_dead.header_i64("x-sms-attempts"), Some(1));
+        let seen = bed.twilio.requests();
+        assert!(
+            seen.iter().all(|r| r.to() != stale.to),
+            "the expired job reached Twilio"
+        );
+        let short_calls: Vec<_> = seen.iter().filter(|r| r.to() == short.to).collect();
+        assert_eq!(short_calls.len(), 1, "not retried past its expiry");
+        let validity: u64 = short_calls[0]
+            .field("ValidityPeriod")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            validity <= 4,
+            "ValidityPeriod {validity} is more than the time left"
+        );
+        bed.worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_fault_pauses_the_worker_and_it_resumes_by_itself() {
+    within(120, async {
+        let twilio = FakeTwilio::start().await;
+        twilio.set_default(Reply::error(401, 20003));
+        let bed = TestBed::start_with(ConfigFile::full(), twilio, |o| o.prefetch = 8).await;
+        let jobs: Vec<TestJob> = (0..20).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        for job in &jobs {
+            bed.publish(job).await;
+        }
+        let body = eventually(SECS, "/readyz to report the pause", || async {
+            let (status, body) = bed.worker.readyz().await;
+            (status == 503 && body["reason"] == "paused").then_some(body)
+        })
+        .await;
+        assert!(body["detail"].as_str().unwrap().contains("20003"), "{body}");
+        assert_eq!(
+            metric(&bed.worker.metrics().await, "sms_worker_paused", ""),
+            Some(1.0)
+        );
+        // It probes: more 20003s arrive, one job at a time.
+        let before = bed.twilio.request_count();
+        bed.twilio
+            .wait_until(SECS, "two probes", |r| r.len() >= before + 2)
+            .await;
+        assert!(bed.twilio.max_in_flight() <= 8);
+        assert_eq!(
+            ready(&bed.channel, "sms.dead").await,
+            0,
+            "nothing dead-lettered while paused"
+        );
+
+        // The credentials are fixed: the next probe succeeds and it resumes.
+        bed.twilio.set_default(Reply::created());
+        bed.twilio
+            .wait_until(Duration::from_secs(60), "every job sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= jobs.len()
+            })
+            .await;
+        bed.worker.wait_ready(SECS).await;
+        bed.wait_drained(SECS).await;
+        assert_eq!(
+            ready(&bed.channel, "sms.dead").await,
+            0,
+            "nothing dead-lettered"
+        );
+        let counts = accepted_per_number(&bed.twilio);
+        for job in &jobs {
+            assert_eq!(counts.get(&job.to), Some(&1), "each job sent exactly once");
+        }
+        assert_eq!(
+            metric(&bed.worker.metrics().await, "sms_worker_paused", ""),
+            Some(0.0)
+        );
+        let logs = bed.worker.finish().await;
+        let count = |outcome: &str| logs.iter().filter(|l| l["outcome"] == outcome).count();
+        assert_eq!(count("paused"), 1, "the fault is logged once per pause");
+        assert_eq!(count("resumed"), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_jobs_in_flight_finish_and_exits_0() {
+    within(60, async {
+        let twilio = FakeTwilio::start().await;
+        twilio.set_latency(Duration::from_secs(2));
+        let vhost = Vhost::create();
+        let config = ConfigFile::full();
+        let mut worker =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let conn = vhost.connect().await;
+        let publisher = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..10).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        for job in &jobs {
+            publish(&publisher, job).await;
+        }
+        eventually(SECS, "all ten calls in flight", || {
+            std::future::ready((twilio.in_flight() == 10).then_some(()))
+        })
+        .await;
+        worker.terminate();
+        let status = worker.wait_exit(SECS).await;
+        assert!(status.success(), "exit status {status}");
+        assert_eq!(twilio.accepted().len(), 10, "every job in flight finished");
+        assert_eq!(vhost.ready("sms.send").await, 0, "and was acked");
+        worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_misses_the_grace_period_goes_back_to_the_queue_untouched() {
+    within(60, async {
+        let twilio = FakeTwilio::start().await;
+        twilio.set_latency(Duration::from_secs(10));
+        let vhost = Vhost::create();
+        let config = ConfigFile::full();
+        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
+        options
+            .env
+            .push(("SMS_DISPATCH_SHUTDOWN_GRACE_SECS", "1".to_owned()));
+        let mut worker = WorkerProcess::start_ready(options).await;
+        let conn = vhost.connect().await;
+        let publisher = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..3).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        for job in &jobs {
+            publish(&publisher, job).await;
+        }
+        eventually(SECS, "three calls in flight", || {
+            std::future::ready((twilio.in_flight() == 3).then_some(()))
+        })
+        .await;
+        let stopping = Instant::now();
+        worker.terminate();
+        let status = worker.wait_exit(SECS).await;
+        assert!(status.success(), "exit status {status}");
+        assert!(
+            stopping.elapsed() < Duration::from_secs(8),
+            "the grace period was kept"
+        );
+        let channel = conn.create_channel().await.unwrap();
+        let back = take_at_least(&channel, "sms.send", 3, SECS).await;
+        for job in &jobs {
+            let m = back
+                .iter()
+                .find(|m| m.json()["id"] == job.id)
+                .expect("back in the queue");
+            assert_eq!(m.body, job.body(), "untouched");
+            assert_eq!(m.header_i64("x-sms-attempts"), None);
+        }
+        worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_2000_jobs_in_flight_loses_nothing() {
+    within(300, async {
+        let vhost = Vhost::create();
+        let twilio = FakeTwilio::start().await;
+        twilio.set_latency(Duration::from_millis(20));
+        let config = ConfigFile::full();
+        let prefetch: u16 = 64;
+        let options = || {
+            let mut o = WorkerOptions::new(&vhost.url, &config, &twilio);
+            o.prefetch = prefetch;
+            o
+        };
+        let mut first = WorkerProcess::start_ready(options()).await;
+        let conn = vhost.connect().await;
+        let publisher = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..2000).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        for job in &jobs {
+            publish(&publisher, job).await;
+        }
+        twilio
+            .wait_until(Duration::from_secs(120), "a quarter of the jobs sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= 500
+            })
+            .await;
+        first.kill9();
+        first.wait_exit(SECS).await;
+        let at_kill = twilio.accepted().len();
+
+        let second = WorkerProcess::start_ready(options()).await;
+        eventually(Duration::from_secs(120), "every job sent", || {
+            let counts = accepted_per_number(&twilio);
+            std::future::ready(jobs.iter().all(|j| counts.contains_key(&j.to)).then_some(()))
+        })
+        .await;
+        let channel = conn.create_channel().await.unwrap();
+        wait_drained(&channel, &second, SECS).await;
+        let total = twilio.accepted().len();
+        let duplicates = total - jobs.len();
+        println!(
+            "kill -9 after {at_kill} of {} jobs sent: {duplicates} sent twice (prefetch {prefetch})",
+            jobs.len()
+        );
+        assert!(
+            duplicates <= usize::from(prefetch),
+            "{duplicates} duplicates exceed the prefetch of {prefetch}"
+        );
+        assert_eq!(vhost.ready("sms.dead").await, 0, "nothing dead-lettered");
+        second.finish().await;
+        drop(first);
+    })
+    .await;
+}
