@@ -104,7 +104,11 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             config.twilio_required()?;
         }
     }
-    let telemetry = telemetry::init(config.log_format);
+    let target = match cli.command {
+        Command::Run { .. } => telemetry::LogTarget::Stdout,
+        _ => telemetry::LogTarget::Stderr,
+    };
+    let telemetry = telemetry::init(config.log_format, target);
     let result = match cli.command {
         Command::Run { dry_run } => run(config, dry_run).await,
         Command::Send(args) => send(config, args).await,

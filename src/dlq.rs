@@ -1,16 +1,658 @@
-//! Dead-letter tools: `dlq list`, `dlq replay`, `dlq purge`.
+//! Dead-letter tools: `dlq list`, `dlq replay` and `dlq purge` on `sms.dead`.
+//!
+//! Every command reads the queue the same way: it takes each message without
+//! acking it (so no other consumer sees it and nothing is lost if the command
+//! dies: the broker returns unacked messages when the connection closes),
+//! decides, and at the end hands back everything it did not move or delete
+//! with one `nack(multiple, requeue)`, which keeps the queue's order. A replay
+//! publishes a copy to `sms`/`send`, waits for the broker's confirm, and only
+//! then acks the dead letter: a message is never in neither queue, and since
+//! a dead letter is held by one command at a time, never moved twice.
 
-use clap::Subcommand;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
 
-use crate::cli::CliError;
+use clap::{Args, Subcommand};
+use lapin::message::Delivery;
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use serde_json::{Value, json};
+
+use crate::broker::{self, Publisher};
+use crate::classify;
+use crate::cli::{CliError, emit};
 use crate::config::Config;
+use crate::dead_letter::{self, Reason};
+use crate::job::{Envelope, Job};
+use crate::phone::{PhoneNumber, mask_numbers_in};
+use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FIRST_SEEN, HEADER_REASON};
 
+/// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead letters without removing them.
-    List,
+    List(ListArgs),
+    /// Move dead letters back to sms/send (confirmed before removal); expired ones are refused.
+    Replay(ReplayArgs),
+    /// Delete dead letters for good.
+    Purge(PurgeArgs),
 }
 
-pub async fn execute(_config: &Config, _command: DlqCommand) -> Result<(), CliError> {
-    Err(CliError::Usage("dlq: not built yet".to_owned()))
+/// Filters shared by every command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Filter {
+    /// Only dead letters with this reason (invalid_job, no_template, expired,
+    /// rejected, retries_exhausted, blocked).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters with this Twilio error code.
+    #[arg(long, value_name = "CODE")]
+    pub twilio_code: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Show at most N dead letters (the summary still counts them all).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// One JSON object per line, with the original body (code redacted).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which dead letters a replay or purge acts on.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Selection {
+    /// These job ids (repeat the flag or separate with commas).
+    #[arg(long = "id", value_name = "ID", value_delimiter = ',', group = "which")]
+    pub ids: Vec<String>,
+    /// Every dead letter (narrowed by --reason and --twilio-code).
+    #[arg(long, group = "which")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Show what would move, move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Confirm the deletion.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// What a dead letter says about itself, masked for display.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The job id (from the body, else the AMQP message id).
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    /// The recipient, masked.
+    pub to: Option<String>,
+    /// Our reason, or `broker:<reason>` for a message the broker itself
+    /// dead-lettered (from `x-death`).
+    pub reason: String,
+    pub twilio_code: Option<u32>,
+    pub attempts: u32,
+    /// Since the job was published (or first received).
+    pub age: Option<Duration>,
+    pub error: String,
+    /// The job could be decoded (a replay of an invalid body is refused).
+    pub valid: bool,
+    pub expired: bool,
+    /// The body with the code and the number masked.
+    pub body: Value,
+}
+
+impl Entry {
+    /// Reads a dead letter.
+    pub fn read(
+        body: &[u8],
+        properties: &BasicProperties,
+        now: SystemTime,
+        default_ttl: Duration,
+    ) -> Entry {
+        let headers = properties.headers().as_ref();
+        let json: Option<Value> = serde_json::from_slice(body).ok();
+        let field = |k: &str| json.as_ref().and_then(|v| v.get(k)).and_then(Value::as_str);
+        let message_id = properties.message_id().as_ref().map(|m| m.to_string());
+        let published_at = properties
+            .timestamp()
+            .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t));
+        let first_seen = topology::header_i64(headers, HEADER_FIRST_SEEN)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        let envelope = Envelope {
+            message_id: message_id.as_deref(),
+            published_at,
+            first_seen: first_seen.or(published_at),
+        };
+        let job = Job::decode(body, &envelope, default_ttl, now).ok();
+        let reason = topology::header_str(headers, HEADER_REASON)
+            .map(str::to_owned)
+            .or_else(|| death_reason(headers).map(|r| format!("broker:{r}")))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let born = published_at.or(first_seen);
+        Entry {
+            id: job
+                .as_ref()
+                .map(|j| j.id.to_string())
+                .or_else(|| field("id").map(str::to_owned))
+                .or(message_id),
+            kind: field("type").map(str::to_owned),
+            to: field("to").map(|t| match PhoneNumber::parse(t) {
+                Ok(p) => p.masked(),
+                Err(_) => mask_numbers_in(t),
+            }),
+            reason,
+            twilio_code: topology::header_i64(headers, topology::HEADER_TWILIO_CODE)
+                .and_then(|c| u32::try_from(c).ok()),
+            attempts: topology::header_i64(headers, HEADER_ATTEMPTS)
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
+            age: born.and_then(|b| now.duration_since(b).ok()),
+            error: topology::header_str(headers, HEADER_ERROR)
+                .map(mask_numbers_in)
+                .unwrap_or_default(),
+            valid: job.is_some(),
+            expired: job.as_ref().is_some_and(|j| j.is_expired(now)),
+            body: redacted(json, body),
+        }
+    }
+
+    fn matches(&self, filter: &Filter) -> bool {
+        filter.reason.as_ref().is_none_or(|r| *r == self.reason)
+            && filter
+                .twilio_code
+                .is_none_or(|c| Some(c) == self.twilio_code)
+    }
+
+    /// The JSON line of `dlq list --json`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "type": self.kind,
+            "to": self.to,
+            "reason": self.reason,
+            "twilio_code": self.twilio_code,
+            "twilio_meaning": self.twilio_code.and_then(classify::meaning),
+            "attempts": self.attempts,
+            "age_secs": self.age.map(|a| a.as_secs()),
+            "error": self.error,
+            "expired": self.expired,
+            "body": self.body,
+        })
+    }
+}
+
+/// The reason the broker gave in `x-death` (`rejected`, `expired`,
+/// `maxlen`, `delivery_limit`).
+fn death_reason(headers: Option<&FieldTable>) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    topology::header_str(Some(first), "reason").map(str::to_owned)
+}
+
+/// The body for display: JSON with `payload.code` replaced by stars and
+/// `to` masked, or a note about a body that is not JSON.
+fn redacted(json: Option<Value>, body: &[u8]) -> Value {
+    let Some(mut value) = json else {
+        return json!(format!("<{} bytes, not JSON>", body.len()));
+    };
+    if let Some(code) = value.pointer_mut("/payload/code") {
+        *code = json!("******");
+    }
+    if let Some(Value::String(to)) = value.get_mut("to") {
+        *to = match PhoneNumber::parse(to) {
+            Ok(p) => p.masked(),
+            Err(_) => mask_numbers_in(to),
+        };
+    }
+    value
+}
+
+/// One message held (unacked) by this command.
+struct Held {
+    delivery: Delivery,
+    entry: Entry,
+}
+
+/// Takes every message that is in `sms.dead` now, unacked.
+async fn take_all(
+    channel: &Channel,
+    now: SystemTime,
+    default_ttl: Duration,
+) -> Result<Vec<Held>, lapin::Error> {
+    let count = channel
+        .queue_declare(
+            topology::DEAD_LETTER_QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    let mut held = Vec::with_capacity(count as usize);
+    while held.len() < count as usize {
+        let Some(message) = channel
+            .basic_get(
+                topology::DEAD_LETTER_QUEUE.into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        let entry = Entry::read(&delivery.data, &delivery.properties, now, default_ttl);
+        held.push(Held { delivery, entry });
+    }
+    Ok(held)
+}
+
+/// Hands back, in order, every held message not acked: one multiple nack up
+/// to the highest delivery tag still held (nacking an acked tag would close
+/// the channel).
+async fn give_back(channel: &Channel, held: &[Held]) -> Result<(), lapin::Error> {
+    let still_held = held
+        .iter()
+        .filter(|h| h.delivery.acker.usable())
+        .map(|h| h.delivery.delivery_tag)
+        .max();
+    if let Some(last) = still_held {
+        channel
+            .basic_nack(
+                last,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs a `dlq` command.
+pub async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliError> {
+    let filter = match &command {
+        DlqCommand::List(a) => &a.filter,
+        DlqCommand::Replay(a) => &a.filter,
+        DlqCommand::Purge(a) => &a.filter,
+    };
+    if let Some(reason) = &filter.reason
+        && Reason::parse(reason).is_none()
+        && !reason.starts_with("broker:")
+    {
+        return Err(CliError::Usage(format!(
+            "--reason {reason}: not a dead-letter reason; use one of invalid_job, no_template, expired, rejected, retries_exhausted, blocked"
+        )));
+    }
+    if let DlqCommand::Purge(args) = &command
+        && !args.yes
+    {
+        return Err(CliError::Usage(
+            "dlq purge deletes dead letters for good: add --yes (try `dlq list` first)".to_owned(),
+        ));
+    }
+
+    let runtime = |e: lapin::Error| CliError::Runtime(anyhow::anyhow!("broker: {e}"));
+    let connection = broker::connect(&config.broker, "sms-dispatch dlq", broker::Recovery::None)
+        .await
+        .map_err(|e| {
+            CliError::Runtime(anyhow::anyhow!(
+                "cannot connect to {}: {e}",
+                config.broker.url_for_logs()
+            ))
+        })?;
+    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
+    topology::declare(publisher.channel(), config.broker.queue_type)
+        .await
+        .map_err(runtime)?;
+    let channel = connection.create_channel().await.map_err(runtime)?;
+    let now = SystemTime::now();
+    let held = take_all(&channel, now, config.default_ttl)
+        .await
+        .map_err(runtime)?;
+
+    let result = match &command {
+        DlqCommand::List(args) => list(&held, args),
+        DlqCommand::Replay(args) => replay(&publisher, &held, args).await,
+        DlqCommand::Purge(args) => purge(&held, args).await,
+    };
+    // Whatever happened above, what was not moved goes back, in order.
+    give_back(&channel, &held).await.map_err(runtime)?;
+    let _ = connection.close(200, "done".into()).await;
+    result
+}
+
+fn selected<'a>(held: &'a [Held], selection: &Selection, filter: &Filter) -> Vec<&'a Held> {
+    held.iter()
+        .filter(|h| h.entry.matches(filter))
+        .filter(|h| {
+            selection.all
+                || h.entry
+                    .id
+                    .as_ref()
+                    .is_some_and(|id| selection.ids.iter().any(|s| s == id))
+        })
+        .collect()
+}
+
+fn list(held: &[Held], args: &ListArgs) -> Result<(), CliError> {
+    let matching: Vec<&Held> = held
+        .iter()
+        .filter(|h| h.entry.matches(&args.filter))
+        .collect();
+    let shown = &matching[..args.limit.unwrap_or(usize::MAX).min(matching.len())];
+    let mut out = String::new();
+    if args.json {
+        for h in shown {
+            let _ = writeln!(out, "{}", h.entry.to_json());
+        }
+    } else {
+        out.push_str(&table(shown.iter().map(|h| &h.entry)));
+        let _ = writeln!(out, "{}", summary(held, &matching, shown.len()));
+    }
+    emit(&out)
+}
+
+/// The summary: how many, how many match, and counts by reason, wrapped to
+/// 80 columns.
+fn summary(held: &[Held], matching: &[&Held], shown: usize) -> String {
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for h in held {
+        *by_reason.entry(h.entry.reason.as_str()).or_default() += 1;
+    }
+    let mut out = format!(
+        "{} dead letters; {} match, {} shown\n",
+        held.len(),
+        matching.len(),
+        shown
+    );
+    let mut line = String::from("by reason:");
+    for (i, (reason, n)) in by_reason.iter().enumerate() {
+        let item = format!(" {reason} {n}");
+        if line.len() + item.len() + 1 > 80 {
+            let _ = writeln!(out, "{line},");
+            line = String::from("          ");
+        } else if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&item);
+    }
+    out.push_str(&line);
+    out
+}
+
+/// The table for an 80-column terminal: the job id (whole, for `replay
+/// --id`, up to a UUID's 36 characters), the masked number, the reason and the
+/// Twilio code; then an indented line with the type, attempts, age, the
+/// code's meaning and the error.
+pub fn table<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
+    let mut out = format!("{:<36} {:<14} {:<17} {:>5}\n", "ID", "TO", "REASON", "CODE");
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<14} {:<17} {:>5}",
+            clip(e.id.as_deref().unwrap_or("-"), 36),
+            clip(e.to.as_deref().unwrap_or("-"), 14),
+            clip(&e.reason, 17),
+            e.twilio_code
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        );
+        let meaning = e
+            .twilio_code
+            .and_then(classify::meaning)
+            .map(|m| format!("{m}: "))
+            .unwrap_or_default();
+        let detail = format!(
+            "{}, {} {}, {} old{}: {meaning}{}",
+            e.kind.as_deref().unwrap_or("-"),
+            e.attempts,
+            if e.attempts == 1 { "try" } else { "tries" },
+            e.age.map_or_else(|| "?".to_owned(), human),
+            if e.expired { ", expired" } else { "" },
+            without_code_prefix(&e.error)
+        );
+        let _ = writeln!(out, "  {}", clip(&detail, 78));
+    }
+    out
+}
+
+/// The error text without its `Twilio 21408 (HTTP 400): ` prefix, which the
+/// CODE column already shows (the JSON output keeps it).
+fn without_code_prefix(error: &str) -> &str {
+    match error.strip_prefix("Twilio ") {
+        Some(rest) => rest.split_once("): ").map_or(error, |(_, message)| message),
+        None => error,
+    }
+}
+
+/// Cuts text to `width` characters, marking the cut with `…`.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// `42s`, `13m`, `5h`, `3d`.
+fn human(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Result<(), CliError> {
+    let chosen = selected(held, &args.selection, &args.filter);
+    let (movable, refused): (Vec<&Held>, Vec<&Held>) = chosen
+        .iter()
+        .partition(|h| h.entry.valid && !h.entry.expired);
+    let mut out = table(movable.iter().map(|h| &h.entry));
+    if args.dry_run {
+        let _ = writeln!(
+            out,
+            "dry run: would replay {}; {}",
+            movable.len(),
+            refusals(&refused)
+        );
+        return emit(&out);
+    }
+    let mut moved = 0;
+    let mut failure = None;
+    for h in &movable {
+        let properties = h
+            .delivery
+            .properties
+            .clone()
+            .with_headers(dead_letter::without(
+                h.delivery.properties.headers().as_ref(),
+                REPLAY_DROPS,
+            ));
+        // Confirmed first, then removed from the dead-letter queue.
+        match publisher
+            .publish(
+                topology::EXCHANGE,
+                topology::ROUTING_KEY,
+                &h.delivery.data,
+                properties,
+            )
+            .await
+        {
+            Ok(()) => {
+                match h.delivery.acker.ack(Default::default()).await {
+                    Ok(true) => moved += 1,
+                    // The republish is confirmed but the dead letter stays: a
+                    // duplicate, never a loss.
+                    _ => {
+                        failure = Some("lost the connection after a republish; that job may now be in both queues".to_owned());
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                failure = Some(format!(
+                    "republishing failed ({e}); the rest stay dead-lettered"
+                ));
+                break;
+            }
+        }
+    }
+    let _ = writeln!(out, "replayed {moved} to sms/send; {}", refusals(&refused));
+    emit(&out)?;
+    match failure {
+        Some(f) => Err(CliError::Runtime(anyhow::anyhow!(f))),
+        None => Ok(()),
+    }
+}
+
+/// The headers a replay drops: the attempt count starts again from zero.
+const REPLAY_DROPS: &[&str] = &[
+    HEADER_REASON,
+    HEADER_ERROR,
+    HEADER_ATTEMPTS,
+    topology::HEADER_TWILIO_CODE,
+    topology::HEADER_DELIVERY_COUNT,
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+];
+
+fn refusals(refused: &[&Held]) -> String {
+    let expired = refused.iter().filter(|h| h.entry.expired).count();
+    let invalid = refused.iter().filter(|h| !h.entry.valid).count();
+    format!("refused: {expired} expired, {invalid} invalid (kept in sms.dead)")
+}
+
+async fn purge(held: &[Held], args: &PurgeArgs) -> Result<(), CliError> {
+    let chosen = selected(held, &args.selection, &args.filter);
+    let mut deleted = Vec::with_capacity(chosen.len());
+    for h in &chosen {
+        if let Ok(true) = h.delivery.acker.ack(Default::default()).await {
+            deleted.push(&h.entry);
+        }
+    }
+    let mut out = table(deleted.iter().copied());
+    let _ = writeln!(out, "deleted {} dead letters", deleted.len());
+    emit(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::ShortString;
+
+    fn dead(body: &str, reason: &str, code: Option<i64>) -> Entry {
+        let mut headers = FieldTable::default();
+        topology::set_str(&mut headers, HEADER_REASON, reason);
+        topology::set_str(
+            &mut headers,
+            HEADER_ERROR,
+            "Twilio 21211 (HTTP 400): The 'To' number +819012345678 is not valid",
+        );
+        topology::set_i64(&mut headers, HEADER_ATTEMPTS, 1);
+        if let Some(c) = code {
+            topology::set_i64(&mut headers, topology::HEADER_TWILIO_CODE, c);
+        }
+        let props = BasicProperties::default()
+            .with_timestamp(1_000)
+            .with_message_id(ShortString::from("mid"))
+            .with_headers(headers);
+        Entry::read(
+            body.as_bytes(),
+            &props,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_090),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn reads_and_masks_a_dead_letter() {
+        let e = dead(
+            r#"{"to":"+819012345678","type":"SignIn","payload":{"code":"987654"},"id":"job-1"}"#,
+            "rejected",
+            Some(21211),
+        );
+        assert_eq!(e.id.as_deref(), Some("job-1"));
+        assert_eq!(e.to.as_deref(), Some("+81********78"));
+        assert_eq!(e.reason, "rejected");
+        assert_eq!(e.twilio_code, Some(21211));
+        assert_eq!(e.age, Some(Duration::from_secs(90)));
+        assert!(!e.expired && e.valid);
+        let json = e.to_json().to_string();
+        assert!(
+            !json.contains("987654") && !json.contains("9012345678"),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"twilio_meaning\":\"Invalid 'To' phone number\""),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn the_table_fits_80_columns() {
+        let e = dead(
+            r#"{"to":"+819012345678","type":"UserPermissionValidation","payload":{"code":"1"},"id":"c0a8012e-7f00-4a1b-9d2e-5d1c3b4a5f60"}"#,
+            "retries_exhausted",
+            Some(21211),
+        );
+        let text = table([e].iter());
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(!text.contains("9012345678"));
+    }
+
+    #[test]
+    fn an_invalid_body_is_shown_and_not_replayable() {
+        let e = dead("not json", "invalid_job", None);
+        assert!(!e.valid);
+        assert_eq!(e.id.as_deref(), Some("mid"));
+        assert_eq!(e.body, json!("<8 bytes, not JSON>"));
+    }
+
+    #[test]
+    fn ages_read_like_a_human_would_say_them() {
+        assert_eq!(human(Duration::from_secs(42)), "42s");
+        assert_eq!(human(Duration::from_secs(800)), "13m");
+        assert_eq!(human(Duration::from_secs(18_000)), "5h");
+        assert_eq!(human(Duration::from_secs(300_000)), "3d");
+    }
 }

@@ -56,10 +56,25 @@ const OTLP_ENDPOINT_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
-/// Installs the global subscriber: logs to stdout in `format` (or the
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The worker: logs are its output.
+    Stdout,
+    /// Commands whose stdout is their answer (`send`, `dlq`).
+    Stderr,
+}
+
+/// Installs the global subscriber: logs to `target` in `format` (or the
 /// default for the terminal), filtered by `RUST_LOG` (default `info`), plus
 /// the OTLP exporter when configured. A second call changes nothing.
-pub fn init(format: Option<LogFormat>) -> Telemetry {
+pub fn init(format: Option<LogFormat>, target: LogTarget) -> Telemetry {
+    let writer = move || -> Box<dyn std::io::Write> {
+        match target {
+            LogTarget::Stdout => Box::new(std::io::stdout()),
+            LogTarget::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Pretty
     } else {
@@ -72,13 +87,13 @@ pub fn init(format: Option<LogFormat>) -> Telemetry {
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .with_writer(std::io::stdout)
+            .with_writer(writer)
     });
     let pretty = (format == LogFormat::Pretty).then(|| {
         tracing_subscriber::fmt::layer()
             .compact()
             .with_target(false)
-            .with_writer(std::io::stdout)
+            .with_writer(writer)
     });
     let provider = otlp_provider();
     let otel = provider

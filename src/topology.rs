@@ -102,11 +102,15 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
         )
         .await?;
 
+    // The dead-letter queue is always a classic (durable) queue: a classic
+    // queue puts a returned message back in its place, so `dlq list` keeps
+    // the queue's order even when it is killed halfway; a quorum queue
+    // returns a closed channel's messages out of order (checked on 3.10).
     channel
         .queue_declare(
             DEAD_LETTER_QUEUE.into(),
             durable_queue,
-            base_args(queue_type),
+            base_args(QueueType::Classic),
         )
         .await?;
     channel
@@ -144,7 +148,10 @@ fn base_args(queue_type: QueueType) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string(queue_type.as_str()));
     if queue_type == QueueType::Quorum {
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
     }
     args
 }

@@ -157,7 +157,7 @@ impl TestJob {
         let mut payload = serde_json::Map::new();
         payload.insert("code".to_owned(), json!(code));
         TestJob {
-            id: format!("job-{}", uuid::Uuid::new_v4()),
+            id: uuid::Uuid::new_v4().to_string(),
             to: to.to_owned(),
             kind: kind.to_owned(),
             code,

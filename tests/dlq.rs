@@ -1,0 +1,323 @@
+//! The dead-letter tools against a real broker: `dlq list` leaves the queue
+//! as it was (count and order), even when killed halfway; `dlq replay` moves
+//! exactly what was selected, refuses expired jobs and never moves a message
+//! twice, even with two replays at once; `dlq purge` needs --yes.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use lapin::BasicProperties;
+use sms_dispatch::broker::Publisher;
+use sms_dispatch::dead_letter::{DeadLetter, Reason};
+use support::*;
+
+const SECS: Duration = Duration::from_secs(30);
+
+/// Puts a dead letter in sms.dead the way the worker does.
+async fn seed(p: &Publisher, job: &TestJob, reason: Reason, code: Option<u32>, attempts: u32) {
+    let original = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(job.id.as_str().into())
+        .with_timestamp(sms_dispatch::job::unix_seconds(SystemTime::now()) - 90);
+    let error = match code {
+        Some(c) => format!("Twilio {c} (HTTP 400): refused for +1********01"),
+        None => format!("{reason} happened"),
+    };
+    let properties = DeadLetter {
+        reason,
+        error: &error,
+        attempts,
+        twilio_code: code,
+    }
+    .properties(&original);
+    p.publish("sms.dlx", "send", &job.body(), properties)
+        .await
+        .unwrap();
+}
+
+/// The ids of the messages in `queue`, in order (taking them: tests call
+/// this last).
+async fn ids_in(channel: &lapin::Channel, queue: &str) -> Vec<String> {
+    take_all(channel, queue)
+        .await
+        .iter()
+        .map(|m| m.json()["id"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+async fn dlq_async(vhost: &Vhost, args: &[&str]) -> (i32, String, String) {
+    let url = vhost.url.clone();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut all = vec!["dlq"];
+        all.extend(args.iter().map(String::as_str));
+        run_cli(&all, &[("SMS_DISPATCH_AMQP_URL", &url)])
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_shows_every_dead_letter_masked_and_leaves_the_queue_as_it_was() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..6).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        let reasons = [
+            (Reason::Rejected, Some(21408)),
+            (Reason::Expired, None),
+            (Reason::Rejected, Some(21610)),
+            (Reason::RetriesExhausted, Some(20503)),
+            (Reason::NoTemplate, None),
+            (Reason::Rejected, Some(21408)),
+        ];
+        for (job, (reason, code)) in jobs.iter().zip(reasons) {
+            seed(&p, job, reason, code, 1).await;
+        }
+
+        let (code, out, err) = dlq_async(&vhost, &["list"]).await;
+        assert_eq!(code, 0, "{err}");
+        println!("{out}");
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "wider than 80 columns: {line}");
+        }
+        for job in &jobs {
+            assert!(
+                !out.contains(job.to.trim_start_matches('+')),
+                "unmasked number:\n{out}"
+            );
+            assert!(!out.contains(&job.code), "a code in the listing:\n{out}");
+        }
+        assert!(out.contains("+81"), "{out}");
+        assert!(out.contains("21408"), "{out}");
+        assert!(
+            out.contains("geo permissions"),
+            "the code's meaning:\n{out}"
+        );
+        assert!(out.contains("6 dead letters; 6 match, 6 shown"), "{out}");
+        assert!(
+            out.contains("by reason: expired 1, no_template 1, rejected 3, retries_exhausted 1"),
+            "{out}"
+        );
+
+        let (code, out, _) = dlq_async(&vhost, &["list", "--json", "--reason", "rejected"]).await;
+        assert_eq!(code, 0);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["id"], jobs[0].id.as_str());
+        assert_eq!(lines[0]["twilio_code"], 21408);
+        assert_eq!(lines[0]["attempts"], 1);
+        assert_eq!(lines[0]["body"]["payload"]["code"], "******");
+        assert!(lines[0]["body"]["to"].as_str().unwrap().contains("****"));
+        assert!(lines[0]["age_secs"].as_u64().unwrap() >= 90);
+
+        let (_, out, _) =
+            dlq_async(&vhost, &["list", "--twilio-code", "21408", "--limit", "1"]).await;
+        assert!(out.contains("2 match, 1 shown"), "{out}");
+
+        let channel = conn.create_channel().await.unwrap();
+        let ids = ids_in(&channel, "sms.dead").await;
+        let expected: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        assert_eq!(ids, expected, "the same messages, in the same order");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_moves_exactly_the_selected_dead_letters_and_refuses_expired_ones() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let a = TestJob::new(&number(), "SignIn");
+        let b = TestJob::new(&number(), "SignIn");
+        let c = TestJob::new(&number(), "Register");
+        let d = TestJob::new(&number(), "SignIn");
+        let stale = TestJob::new(&number(), "SignIn").expired();
+        seed(&p, &a, Reason::Rejected, Some(20003), 1).await;
+        seed(&p, &b, Reason::Rejected, Some(21610), 1).await;
+        seed(&p, &c, Reason::NoTemplate, None, 0).await;
+        seed(&p, &d, Reason::RetriesExhausted, Some(20503), 8).await;
+        seed(&p, &stale, Reason::Rejected, Some(20003), 1).await;
+        let channel = conn.create_channel().await.unwrap();
+
+        let (code, out, err) = dlq_async(&vhost, &["replay", "--id", &b.id]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("replayed 1 to sms/send"), "{out}");
+
+        let (_, out, _) = dlq_async(&vhost, &["replay", "--all", "--reason", "no_template"]).await;
+        assert!(out.contains("replayed 1 to sms/send"), "{out}");
+
+        // "Resend everything that failed with 20003": the stale one is refused.
+        let (code, out, _) =
+            dlq_async(&vhost, &["replay", "--all", "--twilio-code", "20003"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("replayed 1 to sms/send; refused: 1 expired, 0 invalid"),
+            "{out}"
+        );
+
+        let (_, out, _) = dlq_async(&vhost, &["replay", "--all", "--dry-run"]).await;
+        assert!(out.contains("dry run: would replay 1"), "{out}");
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "wider than 80 columns: {line}");
+        }
+        assert!(out.contains(&d.id), "{out}");
+
+        let moved = take_all(&channel, "sms.send").await;
+        let moved_ids: Vec<String> = moved
+            .iter()
+            .map(|m| m.json()["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(moved_ids, [b.id.clone(), c.id.clone(), a.id.clone()]);
+        for m in &moved {
+            assert_eq!(
+                m.header_str("x-sms-reason"),
+                None,
+                "dead-letter headers dropped"
+            );
+            assert_eq!(m.header_i64("x-sms-attempts"), None, "attempts start again");
+            let original = [&a, &b, &c]
+                .into_iter()
+                .find(|j| m.json()["id"] == j.id.as_str())
+                .unwrap();
+            assert_eq!(m.body, original.body(), "the body is unchanged");
+        }
+        assert_eq!(
+            ids_in(&channel, "sms.dead").await,
+            [d.id.clone(), stale.id.clone()]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_needs_yes_and_deletes_only_the_selection() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let keep = TestJob::new(&number(), "SignIn");
+        let gone = TestJob::new(&number(), "SignIn");
+        seed(&p, &keep, Reason::Rejected, Some(21610), 1).await;
+        seed(&p, &gone, Reason::Expired, None, 0).await;
+
+        let (code, out, err) = dlq_async(&vhost, &["purge", "--all"]).await;
+        assert_eq!(code, 2, "without --yes: {out}");
+        assert!(err.contains("--yes"), "{err}");
+        assert_eq!(vhost.ready("sms.dead").await, 2, "nothing deleted");
+
+        let (code, out, err) =
+            dlq_async(&vhost, &["purge", "--all", "--reason", "expired", "--yes"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("deleted 1 dead letters"), "{out}");
+        assert!(out.contains(&gone.id), "it prints what it deleted:\n{out}");
+        let channel = conn.create_channel().await.unwrap();
+        assert_eq!(ids_in(&channel, "sms.dead").await, std::slice::from_ref(&keep.id));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_list_loses_nothing_and_keeps_the_order() {
+    within(120, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..3000)
+            .map(|_| TestJob::new(&number(), "SignIn"))
+            .collect();
+        for job in &jobs {
+            seed(&p, job, Reason::Rejected, Some(21610), 1).await;
+        }
+        let mut child = Command::new(BIN)
+            .args(["dlq", "list"])
+            .env("SMS_DISPATCH_AMQP_URL", &vhost.url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        // Kill it while it holds part of the queue.
+        eventually(SECS, "the listing to hold some dead letters", || async {
+            let n = ready(&channel, "sms.dead").await;
+            (n < 3000 && n > 0).then_some(())
+        })
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eventually(SECS, "every dead letter back", || async {
+            (ready(&channel, "sms.dead").await == 3000).then_some(())
+        })
+        .await;
+        let ids = ids_in(&channel, "sms.dead").await;
+        let expected: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        assert_eq!(ids.len(), expected.len());
+        assert!(ids == expected, "the order changed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replays_at_once_move_each_dead_letter_once() {
+    within(120, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let jobs: Vec<TestJob> = (0..400)
+            .map(|_| TestJob::new(&number(), "SignIn"))
+            .collect();
+        for job in &jobs {
+            seed(&p, job, Reason::Rejected, Some(20003), 1).await;
+        }
+        let spawn = || {
+            Command::new(BIN)
+                .args(["dlq", "replay", "--all"])
+                .env("SMS_DISPATCH_AMQP_URL", &vhost.url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(), spawn());
+        let (first, second) = tokio::task::spawn_blocking(move || {
+            (
+                first.wait_with_output().unwrap(),
+                second.wait_with_output().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(first.status.success() && second.status.success());
+        println!(
+            "{}{}",
+            String::from_utf8_lossy(&first.stdout)
+                .lines()
+                .last()
+                .unwrap_or(""),
+            String::from_utf8_lossy(&second.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        let channel = conn.create_channel().await.unwrap();
+        let mut moved = ids_in(&channel, "sms.send").await;
+        assert_eq!(
+            moved.len(),
+            jobs.len(),
+            "each dead letter moved exactly once"
+        );
+        moved.sort();
+        moved.dedup();
+        assert_eq!(moved.len(), jobs.len(), "no job moved twice");
+        assert_eq!(ready(&channel, "sms.dead").await, 0);
+    })
+    .await;
+}
