@@ -200,7 +200,23 @@ async fn send(config: Config, args: SendArgs) -> Result<(), CliError> {
     Job::decode(&body, &Envelope::default(), ttl, SystemTime::now())
         .map_err(|e| CliError::Usage(format!("the job would be refused: {e}")))?;
 
-    let connection = broker::connect(&config.broker, "sms-dispatch send", broker::Recovery::None)
+    let (connection, publisher) = connect_for_command(&config, "sms-dispatch send").await?;
+    publisher
+        .publish_job(id.as_str(), &body, Default::default())
+        .await
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("publishing: {e}")))?;
+    let _ = connection.close(200, "sent".into()).await;
+    emit(&format!("{id}\n"))
+}
+
+/// Connects a command to the broker (no automatic recovery: the operator
+/// sees a failure at once), opens a confirming publisher and declares the
+/// topology.
+pub async fn connect_for_command(
+    config: &Config,
+    name: &str,
+) -> Result<(lapin::Connection, Publisher), CliError> {
+    let connection = broker::connect(&config.broker, name, broker::Recovery::None)
         .await
         .map_err(|e| {
             CliError::Runtime(anyhow::anyhow!(
@@ -210,16 +226,11 @@ async fn send(config: Config, args: SendArgs) -> Result<(), CliError> {
         })?;
     let publisher = Publisher::open(&connection)
         .await
-        .map_err(|e| CliError::Runtime(e.into()))?;
+        .map_err(|e| CliError::Runtime(anyhow::anyhow!("opening a channel: {e}")))?;
     topology::declare(publisher.channel(), config.broker.queue_type)
         .await
         .map_err(|e| CliError::Runtime(anyhow::anyhow!("declaring the topology: {e}")))?;
-    publisher
-        .publish_job(id.as_str(), &body, Default::default())
-        .await
-        .map_err(|e| CliError::Runtime(anyhow::anyhow!("publishing: {e}")))?;
-    let _ = connection.close(200, "sent".into()).await;
-    emit(&format!("{id}\n"))
+    Ok((connection, publisher))
 }
 
 /// The sample a template is measured with: a six-digit code and a typical

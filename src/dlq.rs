@@ -20,9 +20,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
-use crate::broker::{self, Publisher};
+use crate::broker::Publisher;
 use crate::classify;
-use crate::cli::{CliError, emit};
+use crate::cli::{CliError, connect_for_command, emit};
 use crate::config::Config;
 use crate::dead_letter::{self, Reason};
 use crate::job::{Envelope, Job};
@@ -320,18 +320,7 @@ pub async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliErro
     }
 
     let runtime = |e: lapin::Error| CliError::Runtime(anyhow::anyhow!("broker: {e}"));
-    let connection = broker::connect(&config.broker, "sms-dispatch dlq", broker::Recovery::None)
-        .await
-        .map_err(|e| {
-            CliError::Runtime(anyhow::anyhow!(
-                "cannot connect to {}: {e}",
-                config.broker.url_for_logs()
-            ))
-        })?;
-    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
-    topology::declare(publisher.channel(), config.broker.queue_type)
-        .await
-        .map_err(runtime)?;
+    let (connection, publisher) = connect_for_command(config, "sms-dispatch dlq").await?;
     let channel = connection.create_channel().await.map_err(runtime)?;
     let now = SystemTime::now();
     let held = take_all(&channel, now, config.default_ttl)

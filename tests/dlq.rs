@@ -220,7 +220,10 @@ async fn purge_needs_yes_and_deletes_only_the_selection() {
         assert!(out.contains("deleted 1 dead letters"), "{out}");
         assert!(out.contains(&gone.id), "it prints what it deleted:\n{out}");
         let channel = conn.create_channel().await.unwrap();
-        assert_eq!(ids_in(&channel, "sms.dead").await, std::slice::from_ref(&keep.id));
+        assert_eq!(
+            ids_in(&channel, "sms.dead").await,
+            std::slice::from_ref(&keep.id)
+        );
     })
     .await;
 }
