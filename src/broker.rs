@@ -66,8 +66,20 @@ pub async fn connect(
         ),
         Recovery::None => properties,
     };
-    Connection::connect(settings.url.expose_secret(), properties).await
+    let mut uri: lapin::uri::AMQPUri = settings
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+    // lapin keeps two buffers of 32 frames each per connection; with
+    // RabbitMQ's default frame_max (128 KiB) that is 8 MiB of memory for
+    // jobs of at most 8 KiB. A URL that sets frame_max keeps its own.
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Connection::connect_uri(uri, properties).await
 }
+
+/// The frame size the worker asks for unless the URL says otherwise.
+pub const FRAME_MAX: u32 = 16 * 1024;
 
 /// A confirm-mode channel for publishing.
 #[derive(Clone)]

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::broker::{self, Publisher};
 use crate::config::{Config, ConfigError, Sender, TwilioAuth};
+use crate::consumer::{self, RunOptions};
 use crate::dlq;
 use crate::encoding;
 use crate::health::Health;
@@ -21,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::topology;
-use crate::worker::{self, RunOptions};
 
 /// Sends SMS verification codes from RabbitMQ jobs through Twilio.
 #[derive(Debug, Parser)]
@@ -137,7 +137,7 @@ async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             config.http_addr
         ))
     })?;
-    let result = worker::run(
+    let result = consumer::run(
         &config,
         RunOptions {
             dry_run,

@@ -22,8 +22,9 @@
 //!    with confirms before the job is acked; [`recent`] remembers sent ids so a
 //!    redelivery is not sent twice.
 //!
-//! Around it: [`topology`] names and declares every exchange, queue and
-//! header; [`config`] reads the TOML file or Logto's connector JSON;
+//! Around it: [`consumer`] feeds the worker deliveries, pauses and probes,
+//! rides out broker outages and stops gracefully; [`topology`] names and
+//! declares every exchange, queue and header; [`config`] reads the TOML file or Logto's connector JSON;
 //! [`metrics`], [`health`], [`telemetry`] and [`trace_context`] make the worker
 //! observable and [`http`] serves them; [`shutdown`] stops it gracefully;
 //! [`dlq`] is the operators' dead-letter tools; [`cli`] is the command line.
@@ -32,6 +33,7 @@ pub mod broker;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod dead_letter;
 pub mod dlq;
 pub mod encoding;

@@ -3,9 +3,12 @@
 //! A delivery whose ack was lost (the connection dropped between Twilio's 201
 //! and the ack) comes back; if its id is here, the worker acks it without
 //! calling Twilio again. The memory is bounded in size and age and lives only
-//! in this process: the README says which duplicates it cannot prevent.
+//! in this process: the README says which duplicates it cannot prevent. Ids
+//! are kept as 128-bit keyed hashes (16 bytes instead of the id itself); two
+//! different ids share one with a probability of about 2⁻¹²⁸.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,12 +20,13 @@ pub struct RecentlySent {
     inner: Mutex<Inner>,
     capacity: usize,
     max_age: Duration,
+    keys: (RandomState, RandomState),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    ids: HashSet<JobId>,
-    order: VecDeque<(Instant, JobId)>,
+    ids: HashSet<u128>,
+    order: VecDeque<(Instant, u128)>,
 }
 
 impl RecentlySent {
@@ -32,7 +36,14 @@ impl RecentlySent {
             inner: Mutex::new(Inner::default()),
             capacity,
             max_age,
+            keys: (RandomState::new(), RandomState::new()),
         }
+    }
+
+    fn key(&self, id: &JobId) -> u128 {
+        let high = self.keys.0.hash_one(id.as_str());
+        let low = self.keys.1.hash_one(id.as_str());
+        (u128::from(high) << 64) | u128::from(low)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -41,11 +52,13 @@ impl RecentlySent {
 
     /// Whether `id` was sent recently.
     pub fn contains(&self, id: &JobId) -> bool {
-        self.lock().ids.contains(id)
+        let key = self.key(id);
+        self.lock().ids.contains(&key)
     }
 
     /// Records that `id` was sent.
-    pub fn insert(&self, id: JobId) {
+    pub fn insert(&self, id: &JobId) {
+        let key = self.key(id);
         let now = Instant::now();
         let mut inner = self.lock();
         while let Some((at, _)) = inner.order.front() {
@@ -57,8 +70,8 @@ impl RecentlySent {
                 inner.ids.remove(&gone);
             }
         }
-        if inner.ids.insert(id.clone()) {
-            inner.order.push_back((now, id));
+        if inner.ids.insert(key) {
+            inner.order.push_back((now, key));
         }
     }
 }
@@ -75,7 +88,7 @@ mod tests {
     fn remembers_what_was_sent() {
         let r = RecentlySent::new(10, Duration::from_secs(60));
         assert!(!r.contains(&id("a")));
-        r.insert(id("a"));
+        r.insert(&id("a"));
         assert!(r.contains(&id("a")));
         assert!(!r.contains(&id("b")));
     }
@@ -84,7 +97,7 @@ mod tests {
     fn forgets_the_oldest_beyond_capacity() {
         let r = RecentlySent::new(3, Duration::from_secs(60));
         for s in ["a", "b", "c", "d"] {
-            r.insert(id(s));
+            r.insert(&id(s));
         }
         assert!(!r.contains(&id("a")));
         assert!(r.contains(&id("b")) && r.contains(&id("d")));
@@ -93,8 +106,8 @@ mod tests {
     #[test]
     fn forgets_what_is_too_old() {
         let r = RecentlySent::new(10, Duration::ZERO);
-        r.insert(id("a"));
-        r.insert(id("b"));
+        r.insert(&id("a"));
+        r.insert(&id("b"));
         assert!(!r.contains(&id("a")));
     }
 }

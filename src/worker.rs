@@ -1,42 +1,29 @@
-//! The worker: the life of one job, and the loop that feeds it jobs.
+//! The worker: the life of one job.
 //!
 //! [`Worker::handle`] is the life of one job, in order: decode → choose the
 //! template → send (retrying transient failures) → ack, park for a later retry,
 //! dead-letter, or put back. Every ack follows a safe outcome: Twilio's 201, or
-//! the broker's confirm of the dead letter or the parked retry.
-//!
-//! [`run`] is the loop around it: consume `sms.send` with a prefetch, handle
-//! every delivery in its own task (one slow Twilio call never stalls the
-//! others), stop consuming and probe while paused, follow lapin's connection
-//! recovery, and on shutdown let the jobs in flight finish within the grace
-//! period.
+//! the broker's confirm of the dead letter or the parked retry. The loop that
+//! feeds it deliveries is [`crate::consumer`].
 
-use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_lite::StreamExt;
+use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicQosOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
-use tokio_util::task::TaskTracker;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{self, PublishError, Publisher};
+use crate::broker::{PublishError, Publisher};
 use crate::classify::Class;
-use crate::config::{Config, QueueType};
+use crate::config::{Config, ConfigError, QueueType};
 use crate::dead_letter::{self, DeadLetter, Reason};
 use crate::encoding;
-use crate::health::Health;
 use crate::job::{Envelope, Job};
 use crate::metrics::Metrics;
 use crate::pause::Pause;
 use crate::recent::RecentlySent;
 use crate::retry::{RetryDecision, RetryPolicy};
-use crate::shutdown::Shutdown;
 use crate::templates::Templates;
 use crate::throttle::Throttle;
 use crate::topology::{self, HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_TRACEPARENT};
@@ -75,7 +62,9 @@ pub struct Worker {
     templates: Templates,
     queue_type: QueueType,
     transport: Transport,
-    publisher: Publisher,
+    /// The current session's publisher (replaced when the consumer loop
+    /// opens a new connection).
+    publisher: RwLock<Publisher>,
     retry: RetryPolicy,
     default_ttl: Duration,
     metrics: Metrics,
@@ -149,6 +138,53 @@ impl Received {
 }
 
 impl Worker {
+    /// A worker for `config`, publishing with `publisher`.
+    pub fn new(
+        config: &Config,
+        transport: Transport,
+        publisher: Publisher,
+        metrics: Metrics,
+        pause: Pause,
+    ) -> Result<Worker, ConfigError> {
+        let prefetch = usize::from(config.broker.prefetch);
+        Ok(Worker {
+            templates: config.templates_required()?.clone(),
+            queue_type: config.broker.queue_type,
+            transport,
+            publisher: RwLock::new(publisher),
+            retry: config.retry.clone(),
+            default_ttl: config.default_ttl,
+            metrics,
+            pause,
+            throttle: Throttle::new(prefetch),
+            // Redeliveries after a lost connection are the jobs that were in
+            // flight: a few prefetches' worth of ids covers them with room.
+            recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
+        })
+    }
+
+    /// Publishes from now on with `publisher` (a new connection's).
+    pub fn replace_publisher(&self, publisher: Publisher) {
+        *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = publisher;
+    }
+
+    fn publisher(&self) -> Publisher {
+        self.publisher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The pause switch.
+    pub fn pause(&self) -> &Pause {
+        &self.pause
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// [`Worker::handle`], counted in `sms_in_flight`, with a guard: a bug
     /// that panics must not leave the delivery unacked for ever. The broker
     /// dead-letters a rejected job to `sms.dead` (`x-death` reason
@@ -166,7 +202,7 @@ impl Worker {
             Err(_) => {
                 error!("the job handler panicked; rejecting the job to the dead-letter queue");
                 let reject = lapin::options::BasicRejectOptions { requeue: false };
-                match acker.reject(reject).await {
+                match settle(acker.reject(reject)).await {
                     Ok(true) => Finished::Panicked,
                     Ok(false) | Err(_) => Finished::Abandoned,
                 }
@@ -306,7 +342,7 @@ impl Worker {
         // 5. Ack, park, dead-letter or put back.
         match result {
             SendResult::Sent(accepted, attempts) => {
-                self.recent.insert(job.id.clone());
+                self.recent.insert(&job.id);
                 tracing::Span::current().record("message_sid", accepted.sid.as_str());
                 let counted = encoding::segments(&body);
                 let segments = accepted.segments.map_or(counted.count as u64, u64::from);
@@ -463,7 +499,7 @@ impl Worker {
     }
 
     async fn ack(&self, delivery: &Delivery, finished: Finished) -> Finished {
-        match delivery.acker.ack(BasicAckOptions::default()).await {
+        match settle(delivery.acker.ack(BasicAckOptions::default())).await {
             Ok(true) => finished,
             Ok(false) | Err(_) => {
                 warn!("ack lost with the broker connection; the broker will deliver the job again");
@@ -484,7 +520,7 @@ impl Worker {
                 requeue: true,
                 multiple: false,
             };
-            return match delivery.acker.nack(requeue).await {
+            return match settle(delivery.acker.nack(requeue)).await {
                 Ok(true) => Finished::Requeued,
                 Ok(false) | Err(_) => Finished::Abandoned,
             };
@@ -614,8 +650,8 @@ impl Worker {
     ) -> bool {
         let mut wait = Duration::from_millis(200);
         loop {
-            match self
-                .publisher
+            let publisher = self.publisher();
+            match publisher
                 .publish(exchange, routing_key, &delivery.data, properties.clone())
                 .await
             {
@@ -631,7 +667,7 @@ impl Worker {
                     if matches!(e, PublishError::Unroutable { .. }) {
                         // Someone deleted a queue or binding: put it back.
                         if let Err(e) =
-                            topology::declare(self.publisher.channel(), self.queue_type).await
+                            topology::declare(publisher.channel(), self.queue_type).await
                         {
                             warn!(error = %e, "re-declaring the topology failed");
                         }
@@ -640,6 +676,22 @@ impl Worker {
             }
         }
     }
+}
+
+/// How long an ack, nack or reject may take. They are queued frames and
+/// settle at once on a live connection; on one lapin could not recover they
+/// may never settle, and the job must not hold its slot for ever (the broker
+/// delivers it again anyway).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An ack, nack or reject, bounded by [`SETTLE_TIMEOUT`]: `Ok(true)` when it
+/// went out.
+async fn settle(
+    op: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+) -> Result<bool, lapin::Error> {
+    tokio::time::timeout(SETTLE_TIMEOUT, op)
+        .await
+        .unwrap_or(Ok(false))
 }
 
 /// Whether an end user's locale looks like a language tag (it is repeated in
@@ -654,332 +706,4 @@ fn is_tag(locale: &str) -> bool {
 fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Errors that stop the worker (exit code 1).
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the consumer of {queue} ended and could not be restarted: {detail}")]
-    ConsumerLost { queue: &'static str, detail: String },
-    #[error("{0}")]
-    Setup(String),
-    #[error("{0}")]
-    Incident(String),
-}
-
-/// Everything `run` needs besides the config.
-pub struct RunOptions {
-    pub dry_run: bool,
-    pub metrics: Metrics,
-    pub health: Health,
-    pub shutdown: Shutdown,
-}
-
-/// Runs the worker until shutdown. Returns an error for an incident the
-/// orchestrator should see (exit code 1, then a restart).
-pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError> {
-    let RunOptions {
-        dry_run,
-        metrics,
-        health,
-        shutdown,
-    } = options;
-    let templates = config
-        .templates_required()
-        .map_err(|e| WorkerError::Setup(e.to_string()))?
-        .clone();
-    let transport = if dry_run {
-        Transport::DryRun
-    } else {
-        let settings = config
-            .twilio_required()
-            .map_err(|e| WorkerError::Setup(e.to_string()))?;
-        Transport::Twilio(
-            TwilioClient::new(settings).map_err(|e| WorkerError::Setup(e.to_string()))?,
-        )
-    };
-
-    info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
-    let connection = broker::connect(
-        &config.broker,
-        "sms-dispatch worker",
-        broker::Recovery::Automatic,
-    )
-    .await?;
-    health.set_connected(true);
-    watch_connection(
-        &connection,
-        health.clone(),
-        shutdown.clone(),
-        config.broker.reconnect_deadline,
-    );
-    let publisher = Publisher::open(&connection).await?;
-    topology::declare(publisher.channel(), config.broker.queue_type).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(config.broker.prefetch, BasicQosOptions::default())
-        .await?;
-
-    let prefetch = usize::from(config.broker.prefetch);
-    let worker = Arc::new(Worker {
-        templates,
-        queue_type: config.broker.queue_type,
-        transport,
-        publisher,
-        retry: config.retry.clone(),
-        default_ttl: config.default_ttl,
-        metrics: metrics.clone(),
-        pause: Pause::new(health.clone()),
-        throttle: Throttle::new(prefetch),
-        recent: RecentlySent::new(100_000.max(prefetch * 16), Duration::from_secs(3600)),
-    });
-    let tracker = TaskTracker::new();
-    let mut consumer = Some(consume(&channel).await?);
-    let mut cancelling = false;
-    health.set_consuming(true);
-    info!(
-        queue = topology::QUEUE,
-        prefetch,
-        queue_type = config.broker.queue_type.as_str(),
-        dry_run,
-        "consuming"
-    );
-
-    loop {
-        let Some(active) = consumer.as_mut() else {
-            // Paused: the consumer is cancelled; probe until a send succeeds.
-            if probe_until_resumed(&worker, &channel, &tracker, &shutdown).await {
-                consumer = Some(consume(&channel).await?);
-                cancelling = false;
-                health.set_consuming(true);
-                info!(
-                    outcome = "resumed",
-                    "resumed: a probe send succeeded; consuming again"
-                );
-                continue;
-            }
-            break;
-        };
-        tokio::select! {
-            biased;
-            () = shutdown.requested() => break,
-            () = worker.pause.tripped(), if !cancelling => {
-                health.set_consuming(false);
-                // The deliveries already on their way still arrive; their
-                // tasks see the pause and put them back. The stream ends
-                // once the broker has confirmed the cancel.
-                match channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
-                    Ok(()) => cancelling = true,
-                    Err(e) => {
-                        // Most likely the connection is down: once lapin has
-                        // recovered (and re-created the consumer), this arm
-                        // fires again and cancels it.
-                        warn!(error = %e, "cancelling the consumer failed; retrying after recovery");
-                        channel.wait_for_recovery(e).await.map_err(|e| WorkerError::ConsumerLost {
-                            queue: topology::QUEUE,
-                            detail: e.to_string(),
-                        })?;
-                    }
-                }
-            }
-            next = active.next() => match next {
-                Some(Ok(delivery)) => spawn_job(&worker, &tracker, delivery),
-                Some(Err(e)) => {
-                    health.set_consuming(false);
-                    warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
-                    channel.wait_for_recovery(e).await.map_err(|e| WorkerError::ConsumerLost {
-                        queue: topology::QUEUE,
-                        detail: e.to_string(),
-                    })?;
-                    health.set_consuming(!cancelling);
-                    info!("connection recovered; consuming again");
-                }
-                None if cancelling => consumer = None,
-                None => {
-                    // The broker cancelled us (queue deleted, leader moved):
-                    // an incident. Try once to consume again.
-                    health.set_consuming(false);
-                    error!(queue = topology::QUEUE, "the broker ended the consumer; consuming again");
-                    topology::declare(&channel, config.broker.queue_type).await?;
-                    match consume(&channel).await {
-                        Ok(c) => {
-                            consumer = Some(c);
-                            health.set_consuming(true);
-                        }
-                        Err(e) => {
-                            return Err(WorkerError::ConsumerLost {
-                                queue: topology::QUEUE,
-                                detail: e.to_string(),
-                            });
-                        }
-                    }
-                }
-            },
-        }
-    }
-
-    // Shutdown: stop taking jobs, let those in flight finish, close.
-    health.set_consuming(false);
-    if let Some(active) = consumer.as_ref()
-        && !cancelling
-    {
-        let _ = channel
-            .basic_cancel(active.tag(), BasicCancelOptions::default())
-            .await;
-    }
-    tracker.close();
-    let in_flight = tracker.len();
-    info!(
-        in_flight,
-        grace_ms = config.shutdown_grace.as_millis() as u64,
-        "shutting down: waiting for jobs in flight"
-    );
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            unfinished = tracker.len(),
-            "grace period over; unfinished jobs go back to the queue untouched"
-        );
-    }
-    // A dead connection must not hold the exit up.
-    let close = async {
-        let _ = channel.close(200, "shutdown".into()).await;
-        let _ = connection.close(200, "shutdown".into()).await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
-    if let Some(reason) = shutdown.failure() {
-        return Err(WorkerError::Incident(reason));
-    }
-    info!("stopped");
-    Ok(())
-}
-
-fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
-    let worker = Arc::clone(worker);
-    tracker.spawn(async move {
-        worker.handle_guarded(delivery, false).await;
-    });
-}
-
-async fn consume(channel: &Channel) -> Result<Consumer, lapin::Error> {
-    channel
-        .basic_consume(
-            topology::QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-}
-
-/// While paused: take one job at a time with `basic.get` and send it as a
-/// probe, waiting 1 s, then twice as long after each probe that hits the
-/// fault again, up to 60 s. Returns true when a probe was sent (resume),
-/// false on shutdown.
-async fn probe_until_resumed(
-    worker: &Arc<Worker>,
-    channel: &Channel,
-    tracker: &TaskTracker,
-    shutdown: &Shutdown,
-) -> bool {
-    let mut wait = Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            () = shutdown.requested() => return false,
-            () = tokio::time::sleep(wait) => {}
-        }
-        let got = channel
-            .basic_get(topology::QUEUE.into(), BasicGetOptions { no_ack: false })
-            .await;
-        let message = match got {
-            Ok(Some(message)) => message,
-            Ok(None) => continue,
-            Err(e) => {
-                warn!(error = %e, "probe: basic.get failed; waiting for the connection");
-                if channel.wait_for_recovery(e).await.is_err() {
-                    return false;
-                }
-                continue;
-            }
-        };
-        let prober = Arc::clone(worker);
-        let probe =
-            tracker.spawn(async move { prober.handle_guarded(message.delivery, true).await });
-        match probe.await {
-            Ok(Finished::Sent) => {
-                worker.pause.resume();
-                return true;
-            }
-            Ok(Finished::Requeued) => {
-                wait = (wait * 2).min(Duration::from_secs(60));
-                info!(
-                    next_probe_ms = wait.as_millis() as u64,
-                    reason = worker.pause.reason().as_deref().unwrap_or(""),
-                    "probe hit the fault again; still paused"
-                );
-            }
-            // The probe job ended some other way (dead-lettered, parked, a
-            // duplicate): it proved nothing; try the next one soon.
-            Ok(_) | Err(_) => wait = Duration::from_millis(100),
-        }
-    }
-}
-
-/// Keeps `health` in step with the connection. lapin reports no event when
-/// it starts recovering (only `Connected` once it is back), so the state is
-/// read every 200 ms as well; a change is logged once. A connection that has
-/// not recovered within `deadline` is an incident: the worker stops with exit
-/// code 1 so that the orchestrator restarts it.
-fn watch_connection(
-    connection: &Connection,
-    health: Health,
-    shutdown: Shutdown,
-    deadline: Duration,
-) {
-    let status = connection.status().clone();
-    let mut events = connection.events_listener();
-    tokio::spawn(async move {
-        let mut lost_since: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                () = shutdown.requested() => break,
-                event = events.next() => {
-                    if event.is_none() {
-                        break;
-                    }
-                }
-                _ = tick.tick() => {}
-            }
-            let connected = status.connected();
-            match (connected, lost_since) {
-                (true, Some(_)) => {
-                    lost_since = None;
-                    health.set_connected(true);
-                    info!("broker connection re-established");
-                }
-                (false, None) => {
-                    lost_since = Some(Instant::now());
-                    health.set_connected(false);
-                    warn!("broker connection lost; lapin is reconnecting");
-                }
-                (false, Some(since)) if since.elapsed() > deadline => {
-                    error!(
-                        deadline_secs = deadline.as_secs(),
-                        "the broker connection did not recover in time; exiting so that the orchestrator restarts the worker"
-                    );
-                    shutdown.fail(format!(
-                        "the broker connection did not recover within {} s",
-                        deadline.as_secs()
-                    ));
-                    break;
-                }
-                _ => {}
-            }
-        }
-    });
 }

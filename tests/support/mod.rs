@@ -693,6 +693,9 @@ impl Drop for WorkerProcess {
         if std::thread::panicking() {
             // Show what the worker said, to explain the failure.
             let lines = self.logs();
+            if let Ok(path) = std::env::var("SMS_DISPATCH_TEST_LOG_DUMP") {
+                let _ = std::fs::write(path, lines.join("\n"));
+            }
             let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!(
                 "--- the worker's last {} log lines ---\n{}",
@@ -765,15 +768,19 @@ impl TestBed {
 
 /// Waits until `sms.send` has nothing ready and `worker` holds nothing.
 pub async fn wait_drained(channel: &Channel, worker: &WorkerProcess, deadline: Duration) {
-    eventually(
-        deadline,
-        "sms.send drained and nothing in flight",
-        || async {
-            let idle = metric(&worker.metrics().await, "sms_in_flight", "") == Some(0.0);
-            (idle && ready(channel, "sms.send").await == 0).then_some(())
-        },
-    )
-    .await;
+    let start = tokio::time::Instant::now();
+    loop {
+        let in_flight = metric(&worker.metrics().await, "sms_in_flight", "");
+        let ready = ready(channel, "sms.send").await;
+        if in_flight == Some(0.0) && ready == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "waited {deadline:?} for sms.send to drain: {ready} ready, {in_flight:?} in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -1,0 +1,463 @@
+//! The consumer loop: feeds the worker deliveries from `sms.send`, pauses and
+//! probes on account faults, rides out broker outages, and stops gracefully.
+//!
+//! Each delivery is handled in its own task, up to the prefetch, so one slow
+//! Twilio call never stalls the others. A broker outage is first left to
+//! lapin's automatic recovery (reconnect, re-declare, re-consume). lapin 4's
+//! recovery can stall after a broker restart (amqp-rs/lapin#450, seen here
+//! too), so a session whose connection has not come back within
+//! [`RECOVERY_GRACE`] is abandoned and a new connection opened; if none is up
+//! within the configured reconnect deadline the worker exits with code 1 for
+//! the orchestrator to restart it. Jobs in flight on an abandoned connection
+//! cannot be acked any more; the broker delivers them again, and the worker
+//! recognises the ones it already sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::broker::{self, Publisher};
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::pause::Pause;
+use crate::shutdown::Shutdown;
+use crate::topology;
+use crate::twilio::TwilioClient;
+use crate::worker::{Finished, Transport, Worker};
+
+/// How long lapin gets to recover a lost connection before the worker opens
+/// a new one itself.
+pub const RECOVERY_GRACE: Duration = Duration::from_secs(15);
+
+/// Errors that stop the worker (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the consumer of {queue} ended and could not be restarted: {detail}")]
+    ConsumerLost { queue: &'static str, detail: String },
+    #[error("{0}")]
+    Setup(String),
+    #[error("{0}")]
+    Incident(String),
+}
+
+/// Everything `run` needs besides the config.
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub shutdown: Shutdown,
+}
+
+/// One connection to the broker and what hangs off it.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    /// Cancelled by the connection watcher when lapin has not recovered the
+    /// connection in time.
+    stuck: CancellationToken,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The connection did not recover: open a new one.
+    Stuck,
+}
+
+/// Runs the worker until shutdown. Returns an error for an incident the
+/// orchestrator should see (exit code 1, then a restart).
+pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError> {
+    let RunOptions {
+        dry_run,
+        metrics,
+        health,
+        shutdown,
+    } = options;
+    let setup = |e: &dyn std::fmt::Display| WorkerError::Setup(e.to_string());
+    let transport = if dry_run {
+        Transport::DryRun
+    } else {
+        let settings = config.twilio_required().map_err(|e| setup(&e))?;
+        Transport::Twilio(TwilioClient::new(settings).map_err(|e| setup(&e))?)
+    };
+
+    info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
+    let (mut session, publisher) = open_session(config, &health, &shutdown).await?;
+    let worker = Arc::new(
+        Worker::new(
+            config,
+            transport,
+            publisher,
+            metrics,
+            Pause::new(health.clone()),
+        )
+        .map_err(|e| setup(&e))?,
+    );
+    info!(
+        queue = topology::QUEUE,
+        prefetch = config.broker.prefetch,
+        queue_type = config.broker.queue_type.as_str(),
+        dry_run,
+        "consuming"
+    );
+    let tracker = TaskTracker::new();
+    let result = loop {
+        match consume(config, &worker, &session, &tracker, &health, &shutdown).await {
+            Ok(SessionEnd::Shutdown) => break Ok(()),
+            Err(e) => break Err(e),
+            Ok(SessionEnd::Stuck) => {
+                warn!(
+                    grace_secs = RECOVERY_GRACE.as_secs(),
+                    "lapin did not recover the broker connection in time; opening a new one"
+                );
+                abandon(session);
+                match open_session(config, &health, &shutdown).await {
+                    Ok((next, publisher)) => {
+                        worker.replace_publisher(publisher);
+                        session = next;
+                        info!("consuming on a new broker connection");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    };
+
+    // Shutdown: stop taking jobs, let those in flight finish, close.
+    health.set_consuming(false);
+    tracker.close();
+    info!(
+        in_flight = tracker.len(),
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "shutting down: waiting for jobs in flight"
+    );
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            unfinished = tracker.len(),
+            "grace period over; unfinished jobs go back to the queue untouched"
+        );
+    }
+    // A dead connection must not hold the exit up.
+    let close = async {
+        let _ = session.channel.close(200, "shutdown".into()).await;
+        let _ = session.connection.close(200, "shutdown".into()).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+    session.stuck.cancel();
+    result?;
+    if let Some(reason) = shutdown.failure() {
+        return Err(WorkerError::Incident(reason));
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Connects (lapin's automatic recovery on), declares the topology, opens
+/// the publishing and consuming channels. Gives up after the reconnect
+/// deadline.
+async fn open_session(
+    config: &Config,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> Result<(Session, Publisher), WorkerError> {
+    let deadline = config.broker.reconnect_deadline;
+    let open = async {
+        let connection = broker::connect(
+            &config.broker,
+            "sms-dispatch worker",
+            broker::Recovery::Automatic,
+        )
+        .await?;
+        let publisher = Publisher::open(&connection).await?;
+        topology::declare(publisher.channel(), config.broker.queue_type).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(config.broker.prefetch, BasicQosOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>((connection, publisher, channel))
+    };
+    let (connection, publisher, channel) = tokio::select! {
+        opened = tokio::time::timeout(deadline, open) => match opened {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(WorkerError::Incident(format!(
+                    "could not connect to the broker within {} s",
+                    deadline.as_secs()
+                )));
+            }
+        },
+        () = shutdown.requested() => {
+            return Err(WorkerError::Incident("stopped before the broker connection was up".to_owned()));
+        }
+    };
+    health.set_connected(true);
+    let stuck = CancellationToken::new();
+    watch_connection(&connection, health.clone(), stuck.clone());
+    Ok((
+        Session {
+            connection,
+            channel,
+            stuck,
+        },
+        publisher,
+    ))
+}
+
+/// Lets go of a connection lapin could not recover, without waiting on it.
+fn abandon(session: Session) {
+    session.stuck.cancel();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            session.connection.close(320, "abandoned".into()),
+        )
+        .await;
+    });
+}
+
+/// Consumes on `session` until shutdown, or until its connection is stuck.
+async fn consume(
+    config: &Config,
+    worker: &Arc<Worker>,
+    session: &Session,
+    tracker: &TaskTracker,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> Result<SessionEnd, WorkerError> {
+    let channel = &session.channel;
+    let lost = |e: lapin::Error| WorkerError::ConsumerLost {
+        queue: topology::QUEUE,
+        detail: e.to_string(),
+    };
+    // Waits for lapin's recovery, unless the session is declared stuck.
+    let recovered = |e: lapin::Error| async move {
+        tokio::select! {
+            r = channel.wait_for_recovery(e) => r.map(|()| true).map_err(lost),
+            () = session.stuck.cancelled() => Ok(false),
+        }
+    };
+    let mut consumer: Option<Consumer> = None;
+    let mut cancelling = false;
+    loop {
+        if shutdown.is_requested() {
+            break;
+        }
+        let Some(active) = consumer.as_mut() else {
+            if worker.pause().is_paused() {
+                // The consumer is cancelled; probe until a send succeeds.
+                match probe_until_resumed(worker, session, tracker, shutdown).await {
+                    Probe::Resumed => info!(
+                        outcome = "resumed",
+                        "resumed: a probe send succeeded; consuming again"
+                    ),
+                    Probe::Shutdown => break,
+                    Probe::Stuck => return Ok(SessionEnd::Stuck),
+                }
+            }
+            match start_consuming(channel).await {
+                Ok(c) => {
+                    consumer = Some(c);
+                    cancelling = false;
+                    health.set_consuming(true);
+                }
+                Err(e) => {
+                    if !recovered(e).await? {
+                        return Ok(SessionEnd::Stuck);
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.requested() => break,
+            () = session.stuck.cancelled() => {
+                health.set_consuming(false);
+                return Ok(SessionEnd::Stuck);
+            }
+            () = worker.pause().tripped(), if !cancelling => {
+                health.set_consuming(false);
+                // The deliveries already on their way still arrive; their
+                // tasks see the pause and put them back. The stream ends
+                // once the broker has confirmed the cancel.
+                match channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
+                    Ok(()) => cancelling = true,
+                    Err(e) => {
+                        // Most likely the connection is down: once it is
+                        // back (and the consumer re-created), this arm fires
+                        // again and cancels it.
+                        warn!(error = %e, "cancelling the consumer failed; retrying after recovery");
+                        if !recovered(e).await? {
+                            return Ok(SessionEnd::Stuck);
+                        }
+                    }
+                }
+            }
+            next = active.next() => match next {
+                Some(Ok(delivery)) => spawn_job(worker, tracker, delivery),
+                Some(Err(e)) => {
+                    health.set_consuming(false);
+                    warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
+                    if !recovered(e).await? {
+                        return Ok(SessionEnd::Stuck);
+                    }
+                    health.set_consuming(!cancelling);
+                    info!("connection recovered; consuming again");
+                }
+                None if cancelling => consumer = None,
+                None => {
+                    // The broker cancelled us (queue deleted, leader moved):
+                    // an incident. Declare again and consume again.
+                    health.set_consuming(false);
+                    error!(queue = topology::QUEUE, "the broker ended the consumer; consuming again");
+                    topology::declare(channel, config.broker.queue_type).await.map_err(lost)?;
+                    consumer = None;
+                }
+            },
+        }
+    }
+    // Stop taking jobs; the caller waits for those in flight.
+    if let Some(active) = consumer.as_ref()
+        && !cancelling
+    {
+        let _ = channel
+            .basic_cancel(active.tag(), BasicCancelOptions::default())
+            .await;
+    }
+    Ok(SessionEnd::Shutdown)
+}
+
+fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
+    let worker = Arc::clone(worker);
+    tracker.spawn(async move {
+        worker.handle_guarded(delivery, false).await;
+    });
+}
+
+async fn start_consuming(channel: &Channel) -> Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            topology::QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+enum Probe {
+    Resumed,
+    Shutdown,
+    Stuck,
+}
+
+/// While paused: take one job at a time with `basic.get` and send it as a
+/// probe, waiting 1 s, then twice as long after each probe that hits the
+/// fault again, up to 60 s.
+async fn probe_until_resumed(
+    worker: &Arc<Worker>,
+    session: &Session,
+    tracker: &TaskTracker,
+    shutdown: &Shutdown,
+) -> Probe {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = shutdown.requested() => return Probe::Shutdown,
+            () = session.stuck.cancelled() => return Probe::Stuck,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let got = session
+            .channel
+            .basic_get(topology::QUEUE.into(), BasicGetOptions { no_ack: false })
+            .await;
+        let message = match got {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "probe: basic.get failed; waiting for the connection");
+                tokio::select! {
+                    r = session.channel.wait_for_recovery(e) => if r.is_err() { return Probe::Stuck },
+                    () = session.stuck.cancelled() => return Probe::Stuck,
+                }
+                continue;
+            }
+        };
+        let prober = Arc::clone(worker);
+        let probe =
+            tracker.spawn(async move { prober.handle_guarded(message.delivery, true).await });
+        match probe.await {
+            Ok(Finished::Sent) => {
+                worker.pause().resume();
+                return Probe::Resumed;
+            }
+            Ok(Finished::Requeued) => {
+                wait = (wait * 2).min(Duration::from_secs(60));
+                info!(
+                    next_probe_ms = wait.as_millis() as u64,
+                    reason = worker.pause().reason().as_deref().unwrap_or(""),
+                    "probe hit the fault again; still paused"
+                );
+            }
+            // The probe job ended some other way (dead-lettered, parked, a
+            // duplicate): it proved nothing; try the next one soon.
+            Ok(_) | Err(_) => wait = Duration::from_millis(100),
+        }
+    }
+}
+
+/// Keeps `health` in step with the connection and declares the session
+/// stuck when lapin has not recovered it within [`RECOVERY_GRACE`]. lapin
+/// reports no event when it starts recovering (only `Connected` once it is
+/// back), so the state is read every 200 ms as well; a change is logged once.
+fn watch_connection(connection: &Connection, health: Health, stuck: CancellationToken) {
+    let status = connection.status().clone();
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        let mut lost_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = stuck.cancelled() => break,
+                event = events.next() => {
+                    if event.is_none() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            let connected = status.connected();
+            match (connected, lost_since) {
+                (true, Some(_)) => {
+                    lost_since = None;
+                    health.set_connected(true);
+                    info!("broker connection re-established");
+                }
+                (false, None) => {
+                    lost_since = Some(Instant::now());
+                    health.set_connected(false);
+                    warn!("broker connection lost; lapin is reconnecting");
+                }
+                (false, Some(since)) if since.elapsed() > RECOVERY_GRACE => {
+                    stuck.cancel();
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+}
