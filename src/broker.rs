@@ -162,3 +162,26 @@ impl Publisher {
             .await
     }
 }
+
+/// The current connection's publisher, shared by everything that publishes
+/// in the worker process (the jobs' dead letters and retries, the HTTP
+/// ingest). The consumer loop sets it whenever it opens a connection; `None`
+/// until the first one is up.
+#[derive(Clone, Default)]
+pub struct SharedPublisher(std::sync::Arc<std::sync::RwLock<Option<Publisher>>>);
+
+impl SharedPublisher {
+    pub fn new() -> SharedPublisher {
+        SharedPublisher::default()
+    }
+
+    /// Publishes from now on with `publisher` (a new connection's).
+    pub fn set(&self, publisher: Publisher) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+    }
+
+    /// The current publisher, if a connection has been opened.
+    pub fn get(&self) -> Option<Publisher> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::broker::{self, Publisher};
+use crate::broker::{self, Publisher, SharedPublisher};
 use crate::config::{Config, ConfigError, Sender, TwilioAuth};
 use crate::consumer::{self, RunOptions};
 use crate::dlq;
@@ -125,9 +125,15 @@ async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
     let health = Health::new(metrics.clone());
     let shutdown = Shutdown::new();
     shutdown.on_signals();
+    let publisher = SharedPublisher::new();
+    let ingest = config.ingest_token.clone().map(|token| http::Ingest {
+        token,
+        publisher: publisher.clone(),
+        default_ttl: config.default_ttl,
+    });
     let (_, server) = http::serve(
         config.http_addr,
-        http::router(metrics.clone(), health.clone()),
+        http::router(metrics.clone(), health.clone(), ingest),
         shutdown.clone(),
     )
     .await
@@ -144,6 +150,7 @@ async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             metrics,
             health,
             shutdown: shutdown.clone(),
+            publisher,
         },
     )
     .await;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, Publisher};
+use crate::broker::{self, Publisher, SharedPublisher};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub metrics: Metrics,
     pub health: Health,
     pub shutdown: Shutdown,
+    /// Set to each new connection's publisher (the HTTP ingest shares it).
+    pub publisher: SharedPublisher,
 }
 
 /// One connection to the broker and what hangs off it.
@@ -83,6 +85,7 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
         metrics,
         health,
         shutdown,
+        publisher: shared,
     } = options;
     let setup = |e: &dyn std::fmt::Display| WorkerError::Setup(e.to_string());
     let transport = if dry_run {
@@ -94,11 +97,12 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
 
     info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
     let (mut session, publisher) = open_session(config, &health, &shutdown).await?;
+    shared.set(publisher);
     let worker = Arc::new(
         Worker::new(
             config,
             transport,
-            publisher,
+            shared.clone(),
             metrics,
             Pause::new(health.clone()),
         )
@@ -124,7 +128,7 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
                 abandon(session);
                 match open_session(config, &health, &shutdown).await {
                     Ok((next, publisher)) => {
-                        worker.replace_publisher(publisher);
+                        shared.set(publisher);
                         session = next;
                         info!("consuming on a new broker connection");
                     }

@@ -1,20 +1,31 @@
-//! The HTTP listener: metrics, liveness and readiness (contract section 6).
+//! The HTTP listener: metrics, liveness, readiness and the Logto ingest
+//! (contract section 6).
 //!
 //! One `axum` server on `SMS_DISPATCH_HTTP_ADDR`. It stops with the worker
-//! (the same [`Shutdown`] token).
+//! (the same [`Shutdown`] token). `POST /v1/send` exists only when an ingest
+//! token is configured: Logto's HTTP SMS connector posts its
+//! `SendMessageData` there, the job is checked by the same decoder the worker
+//! uses, published with a confirm, and only then answered 202.
 
 use std::net::SocketAddr;
 
+use std::time::{Duration, SystemTime};
+
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use lapin::types::FieldTable;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::broker::SharedPublisher;
 use crate::health::Health;
+use crate::job::{Envelope, Job, JobId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -24,13 +35,41 @@ struct AppState {
     health: Health,
 }
 
-/// The routes, for tests that call them without a socket.
-pub fn router(metrics: Metrics, health: Health) -> Router {
-    Router::new()
+/// What `POST /v1/send` needs.
+#[derive(Clone)]
+pub struct Ingest {
+    /// The bearer token callers must present.
+    pub token: SecretString,
+    /// The worker's current publisher.
+    pub publisher: SharedPublisher,
+    /// The life of a job without `expires_at`.
+    pub default_ttl: Duration,
+}
+
+/// How long the ingest waits for the broker's confirm before answering 503:
+/// a sign-in request is waiting.
+const INGEST_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest request body read (a job is at most 8 KiB; the decoder says
+/// so for anything between).
+const INGEST_BODY_LIMIT: usize = 64 * 1024;
+
+/// The routes; `/v1/send` only with `ingest`.
+pub fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -> Router {
+    let mut router = Router::new()
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState { metrics, health });
+    if let Some(ingest) = ingest {
+        router = router.merge(
+            Router::new()
+                .route("/v1/send", post(send_route))
+                .layer(DefaultBodyLimit::max(INGEST_BODY_LIMIT))
+                .with_state(ingest),
+        );
+    }
+    router
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (the
@@ -78,4 +117,87 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `POST /v1/send`: Logto's HTTP SMS connector.
+async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(json!({"error": message}))).into_response()
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(
+        presented.as_bytes(),
+        ingest.token.expose_secret().as_bytes(),
+    ) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".to_owned(),
+        );
+    }
+    // The worker's own decoder: what it would dead-letter is refused here,
+    // while the caller can still tell the user.
+    let now = SystemTime::now();
+    let job = match Job::decode(&body, &Envelope::default(), ingest.default_ttl, now) {
+        Ok(job) => job,
+        Err(invalid) => return error(StatusCode::BAD_REQUEST, invalid.to_string()),
+    };
+    // A job without its own id gets a fresh one (not the one derived from
+    // the body: two sign-ins may ask for the same code twice on purpose).
+    let has_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .is_some_and(|id| !id.is_null());
+    let id = if has_id {
+        job.id.clone()
+    } else {
+        JobId::generate()
+    };
+    let Some(publisher) = ingest.publisher.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker".to_owned(),
+        );
+    };
+    let mut job_headers = FieldTable::default();
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::topology::set_str(
+            &mut job_headers,
+            crate::topology::HEADER_TRACEPARENT,
+            traceparent,
+        );
+    }
+    let published = tokio::time::timeout(
+        INGEST_CONFIRM_TIMEOUT,
+        publisher.publish_job(id.as_str(), &body, job_headers),
+    )
+    .await;
+    match published {
+        Ok(Ok(())) => {
+            (StatusCode::ACCEPTED, axum::Json(json!({"id": id.as_str()}))).into_response()
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "ingest: publishing failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker did not take the job; try again".to_owned(),
+            )
+        }
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker did not confirm the job in time; try again".to_owned(),
+        ),
+    }
+}
+
+/// Compares a presented token with the expected one without an early exit
+/// that would time the secret.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

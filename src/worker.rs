@@ -6,7 +6,6 @@
 //! the broker's confirm of the dead letter or the parked retry. The loop that
 //! feeds it deliveries is [`crate::consumer`].
 
-use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use lapin::BasicProperties;
@@ -14,7 +13,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::broker::{PublishError, Publisher};
+use crate::broker::{PublishError, SharedPublisher};
 use crate::classify::Class;
 use crate::config::{Config, ConfigError, QueueType};
 use crate::dead_letter::{self, DeadLetter, Reason};
@@ -62,9 +61,8 @@ pub struct Worker {
     templates: Templates,
     queue_type: QueueType,
     transport: Transport,
-    /// The current session's publisher (replaced when the consumer loop
-    /// opens a new connection).
-    publisher: RwLock<Publisher>,
+    /// The current connection's publisher.
+    publisher: SharedPublisher,
     retry: RetryPolicy,
     default_ttl: Duration,
     metrics: Metrics,
@@ -142,7 +140,7 @@ impl Worker {
     pub fn new(
         config: &Config,
         transport: Transport,
-        publisher: Publisher,
+        publisher: SharedPublisher,
         metrics: Metrics,
         pause: Pause,
     ) -> Result<Worker, ConfigError> {
@@ -151,7 +149,7 @@ impl Worker {
             templates: config.templates_required()?.clone(),
             queue_type: config.broker.queue_type,
             transport,
-            publisher: RwLock::new(publisher),
+            publisher,
             retry: config.retry.clone(),
             default_ttl: config.default_ttl,
             metrics,
@@ -161,18 +159,6 @@ impl Worker {
             // flight: a few prefetches' worth of ids covers them with room.
             recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
         })
-    }
-
-    /// Publishes from now on with `publisher` (a new connection's).
-    pub fn replace_publisher(&self, publisher: Publisher) {
-        *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = publisher;
-    }
-
-    fn publisher(&self) -> Publisher {
-        self.publisher
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// The pause switch.
@@ -650,7 +636,9 @@ impl Worker {
     ) -> bool {
         let mut wait = Duration::from_millis(200);
         loop {
-            let publisher = self.publisher();
+            let Some(publisher) = self.publisher.get() else {
+                return false;
+            };
             match publisher
                 .publish(exchange, routing_key, &delivery.data, properties.clone())
                 .await

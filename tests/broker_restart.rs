@@ -24,6 +24,9 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         let prefetch: u16 = 32;
         let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
         options.prefetch = prefetch;
+        options
+            .env
+            .push(("SMS_DISPATCH_INGEST_TOKEN", "restart-test-token".to_owned()));
         if let Ok(filter) = std::env::var("DEBUG_RUST_LOG") {
             options.env.push(("RUST_LOG", filter));
         }
@@ -53,6 +56,15 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         })
         .await;
         assert_eq!(body["reason"], "disconnected");
+        // Logto's HTTP connector is told at once that the job was not taken.
+        let ingest = reqwest::Client::new()
+            .post(format!("http://{}/v1/send", worker.http))
+            .header("Authorization", "Bearer restart-test-token")
+            .json(&serde_json::json!({"to": number(), "type": "SignIn", "payload": {"code": support::code()}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ingest.status(), 503);
         assert_eq!(metric(&worker.metrics().await, "sms_amqp_connected", ""), Some(0.0));
         stopping.await.unwrap();
         let sent_while_down = twilio.accepted().len();
