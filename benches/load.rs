@@ -465,6 +465,36 @@ impl Drop for Worker {
     }
 }
 
+/// A fresh vhost with the topology declared, a fake Twilio answering after
+/// `latency`, a connector file and a producer's channel.
+struct Stage {
+    vhost: Vhost,
+    twilio: FakeTwilio,
+    connector: Connector,
+    conn: Connection,
+    channel: Channel,
+}
+
+impl Stage {
+    async fn new(latency: Duration) -> Stage {
+        let vhost = Vhost::create();
+        let twilio = FakeTwilio::start().await;
+        twilio.set_latency(latency);
+        let conn = vhost.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        sms_dispatch::topology::declare(&channel, sms_dispatch::config::QueueType::Quorum)
+            .await
+            .unwrap();
+        Stage {
+            vhost,
+            twilio,
+            connector: Connector::write(),
+            conn,
+            channel,
+        }
+    }
+}
+
 struct Throughput {
     rate: f64,
     cpu_per_job_us: f64,
@@ -475,15 +505,13 @@ struct Throughput {
 /// Pre-publishes `jobs`, starts the worker, and measures from the fake's
 /// first request to its last.
 async fn worker_throughput(jobs: usize, prefetch: u16, latency: Duration) -> Throughput {
-    let vhost = Vhost::create();
-    let twilio = FakeTwilio::start().await;
-    twilio.set_latency(latency);
-    let connector = Connector::write();
-    let conn = vhost.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    sms_dispatch::topology::declare(&channel, sms_dispatch::config::QueueType::Quorum)
-        .await
-        .unwrap();
+    let Stage {
+        vhost,
+        twilio,
+        connector,
+        conn,
+        channel,
+    } = Stage::new(latency).await;
     let bodies: Vec<Vec<u8>> = (0..jobs).map(|i| job_body(i, "+819000000000")).collect();
     publish_all(&channel, "sms", "send", &bodies).await;
 
@@ -531,14 +559,13 @@ struct Latency {
 /// Publishes at `rate` jobs/s to a ready worker and measures each job from
 /// publish to the fake's receipt.
 async fn latency_at_rate(rate: u64, secs: u64, prefetch: u16) -> Latency {
-    let vhost = Vhost::create();
-    let twilio = FakeTwilio::start().await;
-    let connector = Connector::write();
-    let conn = vhost.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    sms_dispatch::topology::declare(&channel, sms_dispatch::config::QueueType::Quorum)
-        .await
-        .unwrap();
+    let Stage {
+        vhost,
+        twilio,
+        connector,
+        conn,
+        channel,
+    } = Stage::new(Duration::ZERO).await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
