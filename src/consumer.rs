@@ -221,17 +221,34 @@ async fn open_session(
     ))
 }
 
-/// Lets go of a connection lapin could not recover, without waiting on it.
+/// Lets go of a connection lapin could not recover in time. lapin may still
+/// recover it later, and would then consume `sms.send` again on a
+/// connection nothing reads: a watcher closes it as soon as it is up (its
+/// unacked deliveries then go back to the queue), for as long as lapin may
+/// keep trying.
 fn abandon(session: Session) {
     session.stuck.cancel();
+    let status = session.connection.status().clone();
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            session.connection.close(320, "abandoned".into()),
-        )
-        .await;
+        let give_up = Instant::now() + ABANDONED_WATCH;
+        while Instant::now() < give_up && !status.closed() && !status.errored() {
+            if status.connected() {
+                info!("the abandoned broker connection came back; closing it");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    session.connection.close(200, "abandoned".into()),
+                )
+                .await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
+
+/// How long an abandoned connection is watched: longer than lapin's own
+/// reconnect attempts (120, at most 5 s apart).
+const ABANDONED_WATCH: Duration = Duration::from_secs(15 * 60);
 
 /// Consumes on `session` until shutdown, or until its connection is stuck.
 async fn consume(

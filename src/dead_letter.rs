@@ -6,11 +6,14 @@
 //! the `dlq` commands.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
-use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON, HEADER_TWILIO_CODE};
+use crate::topology::{
+    self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FIRST_SEEN, HEADER_REASON, HEADER_TWILIO_CODE,
+};
 
 /// Why a job was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +74,10 @@ pub struct DeadLetter<'a> {
     /// Twilio calls made for the job.
     pub attempts: u32,
     pub twilio_code: Option<u32>,
+    /// When the job was first received. Written to `x-sms-first-seen` when
+    /// the message carries no publish time and no such header, so that a
+    /// replay days later still knows how old the code is.
+    pub first_seen: SystemTime,
 }
 
 impl DeadLetter<'_> {
@@ -86,6 +93,14 @@ impl DeadLetter<'_> {
         topology::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(self.attempts));
         if let Some(code) = self.twilio_code {
             topology::set_i64(&mut headers, HEADER_TWILIO_CODE, i64::from(code));
+        }
+        let anchored = original.timestamp().is_some() || headers.contains_key(HEADER_FIRST_SEEN);
+        if !anchored {
+            let ms = self
+                .first_seen
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            topology::set_i64(&mut headers, HEADER_FIRST_SEEN, ms);
         }
         original.clone().with_headers(headers)
     }
@@ -124,6 +139,7 @@ mod tests {
             error: "Twilio 21211 (HTTP 400): invalid To",
             attempts: 1,
             twilio_code: Some(21211),
+            first_seen: SystemTime::UNIX_EPOCH,
         }
         .properties(&original);
         let h = props.headers().as_ref();

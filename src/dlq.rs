@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::dead_letter::{self, Reason};
 use crate::job::{Envelope, Job};
 use crate::phone::{PhoneNumber, mask_numbers_in};
-use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FIRST_SEEN, HEADER_REASON};
+use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON};
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
@@ -133,12 +133,8 @@ impl Entry {
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let field = |k: &str| json.as_ref().and_then(|v| v.get(k)).and_then(Value::as_str);
         let message_id = properties.message_id().as_ref().map(|m| m.to_string());
-        let published_at = properties
-            .timestamp()
-            .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t));
-        let first_seen = topology::header_i64(headers, HEADER_FIRST_SEEN)
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        let published_at = topology::published_at(properties);
+        let first_seen = topology::first_seen(headers);
         let envelope = Envelope {
             message_id: message_id.as_deref(),
             published_at,
@@ -157,10 +153,7 @@ impl Entry {
                 .or_else(|| field("id").map(str::to_owned))
                 .or(message_id),
             kind: field("type").map(str::to_owned),
-            to: field("to").map(|t| match PhoneNumber::parse(t) {
-                Ok(p) => p.masked(),
-                Err(_) => mask_numbers_in(t),
-            }),
+            to: json.as_ref().and_then(|v| v.get("to")).map(masked_number),
             reason,
             twilio_code: topology::header_i64(headers, topology::HEADER_TWILIO_CODE)
                 .and_then(|c| u32::try_from(c).ok()),
@@ -214,22 +207,64 @@ fn death_reason(headers: Option<&FieldTable>) -> Option<String> {
     topology::header_str(Some(first), "reason").map(str::to_owned)
 }
 
-/// The body for display: JSON with `payload.code` replaced by stars and
-/// `to` masked, or a note about a body that is not JSON.
+/// The body for display: every payload value hidden but the locale, the
+/// number masked, the IP hidden, and phone-number-like digits masked in any
+/// other field; a note for a body that is not JSON.
 fn redacted(json: Option<Value>, body: &[u8]) -> Value {
     let Some(mut value) = json else {
         return json!(format!("<{} bytes, not JSON>", body.len()));
     };
-    if let Some(code) = value.pointer_mut("/payload/code") {
-        *code = json!("******");
+    if let Some(Value::Object(payload)) = value.get_mut("payload") {
+        for (key, v) in payload.iter_mut() {
+            if key != "locale" && key != "uiLocales" {
+                *v = json!("***");
+            }
+        }
     }
-    if let Some(Value::String(to)) = value.get_mut("to") {
-        *to = match PhoneNumber::parse(to) {
-            Ok(p) => p.masked(),
-            Err(_) => mask_numbers_in(to),
-        };
+    if let Some(ip) = value.get_mut("ip") {
+        *ip = json!("***");
+    }
+    if let Some(to) = value.get_mut("to") {
+        *to = json!(masked_number(to));
+    }
+    // Any other field (a producer's own) may quote a number; the job's id,
+    // type and expiry are ours to show as they are.
+    if let Value::Object(map) = &mut value {
+        for (key, v) in map.iter_mut() {
+            if !["id", "type", "expires_at", "to", "payload", "ip"].contains(&key.as_str()) {
+                mask_everywhere(v);
+            }
+        }
     }
     value
+}
+
+/// A job's `to`, masked, whatever its JSON type.
+fn masked_number(to: &Value) -> String {
+    let text = match to {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match PhoneNumber::parse(&text) {
+        Ok(p) => p.masked(),
+        Err(_) => mask_numbers_in(&text),
+    }
+}
+
+/// Masks phone-number-like digit runs in every string and number.
+fn mask_everywhere(value: &mut Value) {
+    match value {
+        Value::String(s) => *s = mask_numbers_in(s),
+        Value::Number(n) => {
+            let masked = mask_numbers_in(&n.to_string());
+            if masked != n.to_string() {
+                *value = json!(masked);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_everywhere),
+        Value::Object(map) => map.values_mut().for_each(mask_everywhere),
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 /// One message held (unacked) by this command.
@@ -627,6 +662,32 @@ mod tests {
             );
         }
         assert!(!text.contains("9012345678"));
+    }
+
+    #[test]
+    fn the_json_body_hides_personal_data() {
+        let e = dead(
+            r#"{"to":819012345678,"type":"OrganizationInvitation","ip":"203.0.113.7",
+                "payload":{"link":"https://x/invite/SECRET","locale":"ja","code":"987654","n":{"phone":"+819012345678"}},
+                "extra":"call 819012345678"}"#,
+            "invalid_job",
+            None,
+        );
+        assert_eq!(e.to.as_deref(), Some("+81********78"));
+        let json = e.to_json().to_string();
+        for secret in ["SECRET", "987654", "203.0.113.7", "9012345678"] {
+            assert!(!json.contains(secret), "{secret} in {json}");
+        }
+        assert!(json.contains("\"locale\":\"ja\""), "{json}");
+        let id = dead(
+            r#"{"to":"+819012345678","type":"SignIn","payload":{"code":"1"},"id":"71427a85-4d73-4a10-9ee6-428479556a2f"}"#,
+            "rejected",
+            None,
+        );
+        assert_eq!(
+            id.to_json()["body"]["id"],
+            "71427a85-4d73-4a10-9ee6-428479556a2f"
+        );
     }
 
     #[test]

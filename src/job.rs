@@ -202,6 +202,10 @@ pub struct Job {
     /// Whether `expires_at` came from the job itself (rather than from the
     /// default TTL).
     pub expiry_stated: bool,
+    /// Whether the id tells this message apart, so that a redelivery can be
+    /// recognised as one. Not so for an id derived from a body without a
+    /// publish time: two deliberate sends of the same code would share it.
+    pub id_is_distinct: bool,
     /// The end user's IP (kept for abuse limits; never logged, never a label).
     ip: Option<String>,
 }
@@ -321,11 +325,14 @@ impl Job {
                 });
             }
         };
-        let id = match raw.id {
-            Some(Value::String(s)) => JobId::parse(&s).ok_or(InvalidJob::BadId)?,
+        let (id, id_is_distinct) = match raw.id {
+            Some(Value::String(s)) => (JobId::parse(&s).ok_or(InvalidJob::BadId)?, true),
             Some(Value::Null) | None => match envelope.message_id.and_then(JobId::parse) {
-                Some(id) => id,
-                None => JobId::derived(body, envelope.published_at.map(unix_seconds)),
+                Some(id) => (id, true),
+                None => (
+                    JobId::derived(body, envelope.published_at.map(unix_seconds)),
+                    envelope.published_at.is_some(),
+                ),
             },
             Some(_) => return Err(InvalidJob::BadId),
         };
@@ -344,6 +351,7 @@ impl Job {
             payload,
             expires_at,
             expiry_stated,
+            id_is_distinct,
             ip,
         })
     }
@@ -443,6 +451,11 @@ mod tests {
         assert!(bare.id.as_str().starts_with("h-"));
         let again = Job::decode(body, &Envelope::default(), TTL, now()).unwrap();
         assert_eq!(bare.id, again.id, "a redelivery gets the same derived id");
+        assert!(
+            !bare.id_is_distinct,
+            "but without a publish time it tells nothing apart"
+        );
+        assert!(job.id_is_distinct);
     }
 
     #[test]

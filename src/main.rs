@@ -2,19 +2,21 @@
 //! the outcome into an exit code (0 success, 1 runtime failure, 2 usage or
 //! configuration error). Everything else lives in the library.
 
-use std::process::ExitCode;
-
 use clap::Parser;
 use sms_dispatch::cli::{self, Cli};
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli = Cli::parse();
-    match cli::execute(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match cli::execute(cli).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("sms-dispatch: {e}");
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+            e.exit_code()
         }
-    }
+    };
+    // Exit from inside the runtime: the reconnect thread of a broker
+    // connection the worker abandoned (see `consumer`) would otherwise panic
+    // while the runtime shuts down. Everything worth keeping is written.
+    std::process::exit(code);
 }

@@ -176,6 +176,26 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
+/// The publish time from the AMQP `timestamp`. Producers disagree on its
+/// unit: seconds per the spec, milliseconds from some clients; anything past
+/// the year 5138 in seconds is taken as milliseconds.
+pub fn published_at(properties: &lapin::BasicProperties) -> Option<std::time::SystemTime> {
+    properties.timestamp().map(|t| {
+        if t > 100_000_000_000 {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(t)
+        } else {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(t)
+        }
+    })
+}
+
+/// The first receipt recorded in [`HEADER_FIRST_SEEN`], if any.
+pub fn first_seen(headers: Option<&FieldTable>) -> Option<std::time::SystemTime> {
+    header_i64(headers, HEADER_FIRST_SEEN)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
 /// Reads a header as an integer, whatever integer type the publisher used.
 pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
     match headers?.inner().get(name)? {

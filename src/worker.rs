@@ -109,20 +109,8 @@ impl Received {
         let attempts = topology::header_i64(headers, HEADER_ATTEMPTS)
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(0);
-        // Producers disagree on the unit of the AMQP timestamp: seconds per
-        // the spec, milliseconds from some clients. Anything past the year
-        // 5138 in seconds is taken as milliseconds.
-        let published_at = properties.timestamp().map(|t| {
-            if t > 100_000_000_000 {
-                SystemTime::UNIX_EPOCH + Duration::from_millis(t)
-            } else {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(t)
-            }
-        });
-        let carried = topology::header_i64(headers, HEADER_FIRST_SEEN)
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-            .or(published_at);
+        let published_at = topology::published_at(properties);
+        let carried = topology::first_seen(headers).or(published_at);
         let first_seen = carried.unwrap_or(now);
         let trace = topology::header_str(headers, HEADER_TRACEPARENT).and_then(TraceParent::parse);
         Received {
@@ -219,10 +207,13 @@ impl Worker {
                 return self
                     .dead_letter(
                         &delivery,
-                        Reason::InvalidJob,
-                        &invalid.to_string(),
-                        received.attempts,
-                        None,
+                        DeadLetter {
+                            reason: Reason::InvalidJob,
+                            error: &invalid.to_string(),
+                            attempts: received.attempts,
+                            twilio_code: None,
+                            first_seen: received.first_seen,
+                        },
                     )
                     .instrument(span)
                     .await;
@@ -261,7 +252,7 @@ impl Worker {
         probe: bool,
     ) -> Finished {
         self.metrics.received(Some(job.kind));
-        if self.recent.contains(&job.id) {
+        if job.id_is_distinct && self.recent.contains(&job.id) {
             info!(
                 outcome = "duplicate",
                 "already sent by this worker; acking the redelivery without sending"
@@ -274,10 +265,13 @@ impl Worker {
             return self
                 .dead_letter(
                     &delivery,
-                    Reason::Expired,
-                    "expired before it could be sent",
-                    received.attempts,
-                    None,
+                    DeadLetter {
+                        reason: Reason::Expired,
+                        error: "expired before it could be sent",
+                        attempts: received.attempts,
+                        twilio_code: None,
+                        first_seen: received.first_seen,
+                    },
                 )
                 .await;
         }
@@ -296,10 +290,13 @@ impl Worker {
             return self
                 .dead_letter(
                     &delivery,
-                    Reason::NoTemplate,
-                    &error,
-                    received.attempts,
-                    None,
+                    DeadLetter {
+                        reason: Reason::NoTemplate,
+                        error: &error,
+                        attempts: received.attempts,
+                        twilio_code: None,
+                        first_seen: received.first_seen,
+                    },
                 )
                 .await;
         };
@@ -328,7 +325,9 @@ impl Worker {
         // 5. Ack, park, dead-letter or put back.
         match result {
             SendResult::Sent(accepted, attempts) => {
-                self.recent.insert(&job.id);
+                if job.id_is_distinct {
+                    self.recent.insert(&job.id);
+                }
                 tracing::Span::current().record("message_sid", accepted.sid.as_str());
                 let counted = encoding::segments(&body);
                 let segments = accepted.segments.map_or(counted.count as u64, u64::from);
@@ -349,10 +348,13 @@ impl Worker {
             SendResult::Expired(attempts) => {
                 self.dead_letter(
                     &delivery,
-                    Reason::Expired,
-                    "expired before the next attempt",
-                    attempts,
-                    None,
+                    DeadLetter {
+                        reason: Reason::Expired,
+                        error: "expired before the next attempt",
+                        attempts,
+                        twilio_code: None,
+                        first_seen: received.first_seen,
+                    },
                 )
                 .await
             }
@@ -365,10 +367,13 @@ impl Worker {
                 Next::DeadLetter(reason) => {
                     self.dead_letter(
                         &delivery,
-                        reason,
-                        &error.to_string(),
-                        attempts,
-                        error.twilio_code(),
+                        DeadLetter {
+                            reason,
+                            error: &error.to_string(),
+                            attempts,
+                            twilio_code: error.twilio_code(),
+                            first_seen: received.first_seen,
+                        },
                     )
                     .await
                 }
@@ -400,9 +405,13 @@ impl Worker {
                 return SendResult::Paused;
             }
             let permit = self.throttle.acquire().await;
+            // The wait may have been long: look again.
             let now = SystemTime::now();
             if job.is_expired(now) {
                 return SendResult::Expired(attempts);
+            }
+            if self.pause.is_paused() && !probe {
+                return SendResult::Paused;
             }
             attempts += 1;
             let started = Instant::now();
@@ -521,7 +530,7 @@ impl Worker {
             unix_millis(received.first_seen),
         );
         let properties = delivery.properties.clone().with_headers(headers);
-        if !self
+        if let Err(left) = self
             .publish_until_safe(
                 delivery,
                 topology::EXCHANGE,
@@ -530,40 +539,31 @@ impl Worker {
             )
             .await
         {
-            return Finished::Abandoned;
+            return left;
         }
-        match self.ack(delivery, Finished::Requeued).await {
-            Finished::Requeued => Finished::Requeued,
-            other => other,
-        }
+        self.ack(delivery, Finished::Requeued).await
     }
 
     /// Publishes the dead letter, waits for the confirm, then acks.
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        reason: Reason,
-        error: &str,
-        attempts: u32,
-        twilio_code: Option<u32>,
-    ) -> Finished {
-        let properties = DeadLetter {
+    async fn dead_letter(&self, delivery: &Delivery, letter: DeadLetter<'_>) -> Finished {
+        let properties = letter.properties(&delivery.properties);
+        let DeadLetter {
             reason,
             error,
             attempts,
             twilio_code,
-        }
-        .properties(&delivery.properties);
-        let published = self
+            ..
+        } = letter;
+        if let Err(left) = self
             .publish_until_safe(
                 delivery,
                 topology::DEAD_LETTER_EXCHANGE,
                 topology::ROUTING_KEY,
                 properties,
             )
-            .await;
-        if !published {
-            return Finished::Abandoned;
+            .await
+        {
+            return left;
         }
         self.metrics.dead_lettered(reason.as_str());
         warn!(
@@ -604,11 +604,11 @@ impl Worker {
             .with_headers(headers)
             .with_expiration(delay.as_millis().to_string().into());
         let queue = topology::delay_queue(tier);
-        if !self
+        if let Err(left) = self
             .publish_until_safe(delivery, "", &queue, properties)
             .await
         {
-            return Finished::Abandoned;
+            return left;
         }
         self.metrics.retries.inc();
         info!(
@@ -624,31 +624,45 @@ impl Worker {
         self.ack(delivery, Finished::Parked).await
     }
 
-    /// Publishes a copy of the delivery's body, retrying with backoff while
-    /// the delivery can still be acked. Returns false when the delivery's
-    /// channel is gone (the broker will redeliver it, so nothing is lost).
+    /// Publishes a copy of the delivery's body and waits for the confirm,
+    /// retrying with backoff while the delivery can still be settled. `Err`
+    /// says how the delivery was left instead: abandoned to the broker (its
+    /// channel is gone, so it comes back), or put back after an unconfirmed
+    /// publish (the broker may hold that copy: publishing again could make a
+    /// third, so the original goes back and at most one extra copy exists).
     async fn publish_until_safe(
         &self,
         delivery: &Delivery,
         exchange: &str,
         routing_key: &str,
         properties: BasicProperties,
-    ) -> bool {
+    ) -> Result<(), Finished> {
         let mut wait = Duration::from_millis(200);
         loop {
-            let Some(publisher) = self.publisher.get() else {
-                return false;
+            let publisher = match self.publisher.get() {
+                Some(p) if delivery.acker.usable() => p,
+                _ => {
+                    warn!("the delivery's channel is gone; the broker will deliver the job again");
+                    return Err(Finished::Abandoned);
+                }
             };
             match publisher
                 .publish(exchange, routing_key, &delivery.data, properties.clone())
                 .await
             {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
+                Err(e @ PublishError::Timeout(_)) => {
+                    warn!(error = %e, exchange, routing_key, "unconfirmed publish; putting the job back (it may now be queued twice)");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    };
+                    return Err(match settle(delivery.acker.nack(requeue)).await {
+                        Ok(true) => Finished::Requeued,
+                        _ => Finished::Abandoned,
+                    });
+                }
                 Err(e) => {
-                    if !delivery.acker.usable() {
-                        warn!(error = %e, "publish failed and the delivery's channel is gone; the broker will deliver the job again");
-                        return false;
-                    }
                     error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));

@@ -114,3 +114,103 @@ async fn a_broker_restart_mid_run_loses_nothing() {
     })
     .await;
 }
+
+/// A broker down for longer than lapin gets to recover: the worker opens a
+/// new connection itself, and the old one, if lapin brings it back later, is
+/// closed so that no second consumer sits on the queue holding jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
+    within(300, async {
+        let node =
+            tokio::task::spawn_blocking(|| BrokerNode::start("smsdispatch-outage", 5697, 25697))
+                .await
+                .unwrap();
+        let vhost = node.vhost();
+        let twilio = FakeTwilio::start().await;
+        twilio.set_latency(Duration::from_millis(50));
+        let config = ConfigFile::full();
+        let prefetch: u16 = 16;
+        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
+        options.prefetch = prefetch;
+        let mut worker = WorkerProcess::start_ready(options).await;
+        let jobs: Vec<TestJob> = (0..300)
+            .map(|_| TestJob::new(&number(), "SignIn"))
+            .collect();
+        {
+            let conn = vhost.connect().await;
+            let publisher = vhost.publisher(&conn).await;
+            for job in &jobs {
+                publish(&publisher, job).await;
+            }
+            let _ = conn.close(200, "published".into()).await;
+        }
+        twilio
+            .wait_until(SECS, "some jobs sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= 60
+            })
+            .await;
+        let name = node.node.clone();
+        tokio::task::spawn_blocking(move || rabbitmqctl(Some(&name), &["stop_app"]))
+            .await
+            .unwrap();
+        worker
+            .wait_log(SECS, "the worker to give up on lapin's recovery", |l| {
+                (l["message"]
+                    == "lapin did not recover the broker connection in time; opening a new one")
+                    .then_some(())
+            })
+            .await;
+        let name = node.node.clone();
+        tokio::task::spawn_blocking(move || rabbitmqctl(Some(&name), &["start_app"]))
+            .await
+            .unwrap();
+        node.wait_running(SECS);
+        let restarted = std::time::Instant::now();
+        twilio
+            .wait_until(Duration::from_secs(120), "every job sent", |r| {
+                let sent: std::collections::HashSet<&str> = r
+                    .iter()
+                    .filter(|r| r.status == 201)
+                    .map(|r| r.to())
+                    .collect();
+                jobs.iter().all(|j| sent.contains(j.to.as_str()))
+            })
+            .await;
+        let conn = vhost.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        wait_drained(&channel, &worker, SECS).await;
+        // lapin may still bring the abandoned connection back (it retries at
+        // most about 5 s apart) unless its recovery stalled for good: watch
+        // for it for 15 s, in which time the worker must close it.
+        let came_back = "the abandoned broker connection came back; closing it";
+        while restarted.elapsed() < Duration::from_secs(15)
+            && !worker.json_logs().iter().any(|l| l["message"] == came_back)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // One consumer on sms.send: the old connection is not holding jobs.
+        eventually(SECS, "exactly one consumer on sms.send", || {
+            let out = rabbitmqctl(
+                Some(&node.node),
+                &[
+                    "list_consumers",
+                    "-p",
+                    &vhost.name,
+                    "--quiet",
+                    "--no-table-headers",
+                    "queue_name",
+                ],
+            );
+            let n = out.lines().filter(|l| l.trim() == "sms.send").count();
+            std::future::ready((n == 1).then_some(()))
+        })
+        .await;
+        let duplicates = twilio.accepted().len() - jobs.len();
+        println!("after a long outage: {duplicates} sent twice (prefetch {prefetch})");
+        assert!(duplicates <= usize::from(prefetch));
+        worker.finish().await;
+        drop(vhost);
+        drop(node);
+    })
+    .await;
+}

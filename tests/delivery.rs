@@ -238,12 +238,21 @@ async fn an_account_fault_pauses_the_worker_and_it_resumes_by_itself() {
             metric(&bed.worker.metrics().await, "sms_worker_paused", ""),
             Some(1.0)
         );
-        // It probes: more 20003s arrive, one job at a time.
+        // It probes, one job at a time: each probe starts after the last
+        // one's answer.
         let before = bed.twilio.request_count();
-        bed.twilio
-            .wait_until(SECS, "two probes", |r| r.len() >= before + 2)
+        let seen = bed
+            .twilio
+            .wait_until(SECS, "three probes", |r| r.len() >= before + 3)
             .await;
-        assert!(bed.twilio.max_in_flight() <= 8);
+        let probes = &seen[before..];
+        for pair in probes.windows(2) {
+            assert!(
+                pair[1].at >= pair[0].answered_at,
+                "a probe started before the previous one was answered"
+            );
+            assert_eq!(pair[0].twilio_code, Some(20003));
+        }
         assert_eq!(
             ready(&bed.channel, "sms.dead").await,
             0,

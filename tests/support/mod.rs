@@ -391,8 +391,8 @@ pub async fn ready(channel: &Channel, queue: &str) -> u32 {
             FieldTable::default(),
         )
         .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
+        .unwrap_or_else(|e| panic!("counting {queue}: {e}"))
+        .message_count()
 }
 
 // ---------------------------------------------------------------- config
