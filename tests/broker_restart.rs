@@ -32,14 +32,7 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         }
         let worker = WorkerProcess::start_ready(options).await;
         let jobs: Vec<TestJob> = (0..1000).map(|_| TestJob::new(&number(), "SignIn")).collect();
-        {
-            let conn = vhost.connect().await;
-            let publisher = vhost.publisher(&conn).await;
-            for job in &jobs {
-                publish(&publisher, job).await;
-            }
-            let _ = conn.close(200, "published".into()).await;
-        }
+        vhost.publish_all(&jobs).await;
         twilio
             .wait_until(SECS, "a quarter of the jobs sent", |r| {
                 r.iter().filter(|r| r.status == 201).count() >= 150
@@ -136,14 +129,7 @@ async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
         let jobs: Vec<TestJob> = (0..300)
             .map(|_| TestJob::new(&number(), "SignIn"))
             .collect();
-        {
-            let conn = vhost.connect().await;
-            let publisher = vhost.publisher(&conn).await;
-            for job in &jobs {
-                publish(&publisher, job).await;
-            }
-            let _ = conn.close(200, "published".into()).await;
-        }
+        vhost.publish_all(&jobs).await;
         twilio
             .wait_until(SECS, "some jobs sent", |r| {
                 r.iter().filter(|r| r.status == 201).count() >= 60

@@ -268,6 +268,16 @@ impl Vhost {
         p
     }
 
+    /// Publishes `jobs` on a connection of its own, then closes it.
+    pub async fn publish_all(&self, jobs: &[TestJob]) {
+        let conn = self.connect().await;
+        let publisher = self.publisher(&conn).await;
+        for job in jobs {
+            publish(&publisher, job).await;
+        }
+        let _ = conn.close(200, "published".into()).await;
+    }
+
     /// The number of messages ready in `queue`, exactly (a passive declare;
     /// `rabbitmqctl list_queues` lags a second behind for quorum queues).
     pub async fn ready(&self, queue: &str) -> u32 {
