@@ -50,6 +50,9 @@ pub struct Filter {
     /// Only dead letters with this Twilio error code.
     #[arg(long, value_name = "CODE")]
     pub twilio_code: Option<u32>,
+    /// Only dead letters for this phone number (shown masked all the same).
+    #[arg(long, value_name = "NUMBER")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -68,8 +71,14 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct Selection {
-    /// These job ids (repeat the flag or separate with commas).
-    #[arg(long = "id", value_name = "ID", value_delimiter = ',', group = "which")]
+    /// These job ids (several after one flag, repeated, or comma-separated).
+    #[arg(
+        long = "id",
+        value_name = "ID",
+        num_args = 1..,
+        value_delimiter = ',',
+        group = "which"
+    )]
     pub ids: Vec<String>,
     /// Every dead letter (narrowed by --reason and --twilio-code).
     #[arg(long, group = "which")]
@@ -119,6 +128,8 @@ pub struct Entry {
     pub expired: bool,
     /// The body with the code and the number masked.
     pub body: Value,
+    /// The full number, for `--to`; never shown.
+    e164: Option<String>,
 }
 
 impl Entry {
@@ -166,6 +177,15 @@ impl Entry {
                 .unwrap_or_default(),
             valid: job.is_some(),
             expired: job.as_ref().is_some_and(|j| j.is_expired(now)),
+            e164: json.as_ref().and_then(|v| v.get("to")).and_then(|to| {
+                let text = match to {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                PhoneNumber::parse(&text)
+                    .ok()
+                    .map(|p| p.as_e164().to_owned())
+            }),
             body: redacted(json, body),
         }
     }
@@ -175,6 +195,9 @@ impl Entry {
             && filter
                 .twilio_code
                 .is_none_or(|c| Some(c) == self.twilio_code)
+            && filter.to.as_ref().is_none_or(|to| {
+                PhoneNumber::parse(to).is_ok_and(|p| Some(p.as_e164()) == self.e164.as_deref())
+            })
     }
 
     /// The JSON line of `dlq list --json`.
@@ -345,6 +368,13 @@ pub async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliErro
         return Err(CliError::Usage(format!(
             "--reason {reason}: not a dead-letter reason; use one of invalid_job, no_template, expired, rejected, retries_exhausted, blocked"
         )));
+    }
+    if let Some(to) = &filter.to
+        && PhoneNumber::parse(to).is_err()
+    {
+        return Err(CliError::Usage(
+            "--to: not a phone number; give it in E.164, e.g. +819012345678".to_owned(),
+        ));
     }
     if let DlqCommand::Purge(args) = &command
         && !args.yes

@@ -123,6 +123,19 @@ async fn list_shows_every_dead_letter_masked_and_leaves_the_queue_as_it_was() {
             dlq_async(&vhost, &["list", "--twilio-code", "21408", "--limit", "1"]).await;
         assert!(out.contains("2 match, 1 shown"), "{out}");
 
+        // "Why did +81…78 not get a code?": the operator knows the number.
+        let (code, out, _) = dlq_async(&vhost, &["list", "--json", "--to", &jobs[2].to]).await;
+        assert_eq!(code, 0);
+        let found: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0]["id"], jobs[2].id.as_str());
+        assert_eq!(found[0]["twilio_code"], 21610);
+        let (code, _, err) = dlq_async(&vhost, &["list", "--to", "nobody"]).await;
+        assert_eq!(code, 2, "{err}");
+
         let channel = conn.create_channel().await.unwrap();
         let ids = ids_in(&channel, "sms.dead").await;
         let expected: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
@@ -149,7 +162,7 @@ async fn replay_moves_exactly_the_selected_dead_letters_and_refuses_expired_ones
         seed(&p, &stale, Reason::Rejected, Some(20003), 1).await;
         let channel = conn.create_channel().await.unwrap();
 
-        let (code, out, err) = dlq_async(&vhost, &["replay", "--id", &b.id]).await;
+        let (code, out, err) = dlq_async(&vhost, &["replay", "--id", &b.id, "no-such-job"]).await;
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("replayed 1 to sms/send"), "{out}");
 
