@@ -24,7 +24,7 @@ fn accepted_per_number(twilio: &FakeTwilio) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_errors_and_rate_limits_are_retried_never_before_retry_after() {
     within(120, async {
-        let bed = TestBed::start(ConfigFile::full()).await;
+        let mut bed = TestBed::start(ConfigFile::full()).await;
         // Two 5xx in a row: retried in the process, then sent.
         let flaky = TestJob::new(&number(), "SignIn");
         bed.twilio.script(
@@ -49,7 +49,14 @@ async fn transient_errors_and_rate_limits_are_retried_never_before_retry_after()
             .into_iter()
             .find(|r| r.status == 429)
             .unwrap();
-        // The whole worker slows down: a job published now waits too.
+        // Once the worker has taken the rate limit in (its log says so), the
+        // whole worker slows down: a job published now waits too.
+        bed.worker
+            .wait_log(SECS, "the worker to slow down", |l| {
+                (l["message"] == "rate limited by Twilio: fewer concurrent calls until it recovers")
+                    .then_some(())
+            })
+            .await;
         let bystander = TestJob::new(&number(), "SignIn");
         bed.publish(&bystander).await;
 
@@ -239,7 +246,12 @@ async fn an_account_fault_pauses_the_worker_and_it_resumes_by_itself() {
             Some(1.0)
         );
         // It probes, one job at a time: each probe starts after the last
-        // one's answer.
+        // one's answer. (The calls made before the pause tripped are all
+        // answered first: the first probe comes a second later.)
+        eventually(SECS, "the calls made before the pause answered", || {
+            std::future::ready((bed.twilio.in_flight() == 0).then_some(()))
+        })
+        .await;
         let before = bed.twilio.request_count();
         let seen = bed
             .twilio
