@@ -236,7 +236,12 @@ pub async fn connect_for_command(
         .map_err(|e| CliError::Runtime(anyhow::anyhow!("opening a channel: {e}")))?;
     topology::declare(publisher.channel(), config.broker.queue_type)
         .await
-        .map_err(|e| CliError::Runtime(anyhow::anyhow!("declaring the topology: {e}")))?;
+        .map_err(|e| {
+            CliError::Runtime(anyhow::anyhow!(
+                "declaring the topology: {}",
+                topology::explain(&e)
+            ))
+        })?;
     Ok((connection, publisher))
 }
 

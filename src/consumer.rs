@@ -70,6 +70,18 @@ struct Session {
     stuck: CancellationToken,
 }
 
+/// Why a connection could not be opened.
+enum OpenError {
+    Broker(lapin::Error),
+    Topology(String),
+}
+
+impl From<lapin::Error> for OpenError {
+    fn from(e: lapin::Error) -> Self {
+        OpenError::Broker(e)
+    }
+}
+
 /// How a session ended.
 enum SessionEnd {
     Shutdown,
@@ -187,16 +199,22 @@ async fn open_session(
         )
         .await?;
         let publisher = Publisher::open(&connection).await?;
-        topology::declare(publisher.channel(), config.broker.queue_type).await?;
+        topology::declare(publisher.channel(), config.broker.queue_type)
+            .await
+            .map_err(|e| OpenError::Topology(topology::explain(&e)))?;
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(config.broker.prefetch, BasicQosOptions::default())
             .await?;
-        Ok::<_, lapin::Error>((connection, publisher, channel))
+        Ok::<_, OpenError>((connection, publisher, channel))
     };
     let (connection, publisher, channel) = tokio::select! {
         opened = tokio::time::timeout(deadline, open) => match opened {
-            Ok(result) => result?,
+            Ok(Ok(opened)) => opened,
+            Ok(Err(OpenError::Broker(e))) => return Err(WorkerError::Broker(e)),
+            Ok(Err(OpenError::Topology(text))) => {
+                return Err(WorkerError::Setup(format!("declaring the topology: {text}")));
+            }
             Err(_) => {
                 return Err(WorkerError::Incident(format!(
                     "could not connect to the broker within {} s",

@@ -55,6 +55,20 @@ pub fn delay_queue(tier: Duration) -> String {
     format!("sms.retry.{}s", tier.as_secs())
 }
 
+/// What an operator can do when declaring fails because an exchange or
+/// queue already exists with other arguments (RabbitMQ's PRECONDITION_FAILED).
+pub const MISMATCH_HINT: &str = "an exchange or queue of that name exists with other arguments (another queue_type, or declared by hand or by an older version): delete it once it is empty, or set queue_type to match";
+
+/// Adds [`MISMATCH_HINT`] to a declaration error when it is a mismatch.
+pub fn explain(error: &lapin::Error) -> String {
+    let text = error.to_string();
+    if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
+        format!("{text} ({MISMATCH_HINT})")
+    } else {
+        text
+    }
+}
+
 /// Declares the whole topology.
 pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lapin::Error> {
     let durable_exchange = ExchangeDeclareOptions {

@@ -240,3 +240,45 @@ fn the_log_scan_catches_codes_tokens_and_numbers() {
     let id = format!(r#"{{"job_id":"job-a{code}b-4a1b"}}"#);
     assert!(scan_logs(&lines(&id), true).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_declared_otherwise_is_named_with_what_to_do() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        // sms.send as someone declared it by hand: classic, no arguments.
+        channel
+            .queue_declare(
+                "sms.send".into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let url = vhost.url.clone();
+        let (exit, _, err) = tokio::task::spawn_blocking(move || {
+            run_cli(
+                &[
+                    "send",
+                    "--to",
+                    "+15005550006",
+                    "--type",
+                    "SignIn",
+                    "--code",
+                    "1",
+                ],
+                &[("SMS_DISPATCH_AMQP_URL", &url)],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(exit, 1, "{err}");
+        assert!(err.contains("sms.send"), "{err}");
+        assert!(err.contains("exists with other arguments"), "{err}");
+    })
+    .await;
+}
