@@ -34,11 +34,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported over OTLP.
-    pub fn exporting(&self) -> bool {
-        self.tracer_provider.is_some()
-    }
-
     /// Flushes and stops the exporter (blocking: call it off the async
     /// threads, e.g. with `spawn_blocking`).
     pub fn shutdown(self) {

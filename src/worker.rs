@@ -154,11 +154,6 @@ impl Worker {
         &self.pause
     }
 
-    /// The worker's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// [`Worker::handle`], counted in `sms_in_flight`, with a guard: a bug
     /// that panics must not leave the delivery unacked for ever. The broker
     /// dead-letters a rejected job to `sms.dead` (`x-death` reason
