@@ -78,7 +78,7 @@ async fn run(sizes: Sizes, quick: bool) {
         "machine: {} cores, RabbitMQ {}, queue type quorum, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         rabbitmq_version(),
-        sms_dispatch::job::format_rfc3339(SystemTime::now())
+        sms_dispatch::wire::format_rfc3339(SystemTime::now())
     );
     println!();
 
@@ -482,7 +482,7 @@ impl Stage {
         twilio.set_latency(latency);
         let conn = vhost.connect().await;
         let channel = conn.create_channel().await.unwrap();
-        sms_dispatch::topology::declare(&channel, sms_dispatch::config::QueueType::Quorum)
+        sms_dispatch::wire::declare_topology(&channel, sms_dispatch::wire::QueueType::Quorum)
             .await
             .unwrap();
         Stage {

@@ -11,14 +11,14 @@ use std::fmt;
 
 /// The alphabet a message is sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Gsm7,
     Ucs2,
 }
 
 impl Encoding {
     /// The name shown by `check-config` and used as a metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Encoding::Gsm7 => "GSM-7",
             Encoding::Ucs2 => "UCS-2",
@@ -34,7 +34,7 @@ impl fmt::Display for Encoding {
 
 /// The encoding of a text and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segments {
+pub(crate) struct Segments {
     pub encoding: Encoding,
     /// Septets (GSM-7) or UTF-16 code units (UCS-2).
     pub units: usize,
@@ -50,7 +50,7 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆ�
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
 
 /// Counts the segments of `text`.
-pub fn segments(text: &str) -> Segments {
+pub(crate) fn segments(text: &str) -> Segments {
     let mut septets = 0usize;
     let mut gsm = true;
     for c in text.chars() {

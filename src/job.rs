@@ -18,11 +18,11 @@ use time::format_description::well_known::Rfc3339;
 use crate::phone::{PhoneError, PhoneNumber};
 
 /// The largest body accepted, in bytes (contract section 1).
-pub const MAX_BODY_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024;
 
 /// Logto's template types (`TemplateType`); a job names one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TemplateType {
+pub(crate) enum TemplateType {
     SignIn,
     Register,
     ForgotPassword,
@@ -36,7 +36,7 @@ pub enum TemplateType {
 
 impl TemplateType {
     /// Every type, in Logto's order.
-    pub const ALL: [TemplateType; 9] = [
+    pub(crate) const ALL: [TemplateType; 9] = [
         TemplateType::SignIn,
         TemplateType::Register,
         TemplateType::ForgotPassword,
@@ -50,7 +50,7 @@ impl TemplateType {
 
     /// The types a complete Logto sign-in experience sends; `check-config`
     /// warns when one has no template.
-    pub const FULL_FLOW: [TemplateType; 4] = [
+    pub(crate) const FULL_FLOW: [TemplateType; 4] = [
         TemplateType::Register,
         TemplateType::SignIn,
         TemplateType::ForgotPassword,
@@ -58,7 +58,7 @@ impl TemplateType {
     ];
 
     /// Logto's spelling, used in jobs, configs, logs and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TemplateType::SignIn => "SignIn",
             TemplateType::Register => "Register",
@@ -73,14 +73,14 @@ impl TemplateType {
     }
 
     /// Parses Logto's spelling exactly (case matters, as in Logto).
-    pub fn parse(s: &str) -> Option<TemplateType> {
+    pub(crate) fn parse(s: &str) -> Option<TemplateType> {
         TemplateType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
     /// Whether messages of this type carry a verification code: their
     /// templates must contain `{{code}}` and their jobs a `payload.code`.
     /// Only an organization invitation carries a link instead.
-    pub fn carries_code(self) -> bool {
+    pub(crate) fn carries_code(self) -> bool {
         self != TemplateType::OrganizationInvitation
     }
 }
@@ -93,11 +93,11 @@ impl fmt::Display for TemplateType {
 
 /// A job's idempotency key: 1 to 128 characters of `[A-Za-z0-9._:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(String);
+pub(crate) struct JobId(String);
 
 impl JobId {
     /// Parses an id given by a producer.
-    pub fn parse(raw: &str) -> Option<JobId> {
+    pub(crate) fn parse(raw: &str) -> Option<JobId> {
         let ok = (1..=128).contains(&raw.len())
             && raw
                 .bytes()
@@ -107,7 +107,7 @@ impl JobId {
 
     /// A fresh random id, for producers (`send`, the HTTP ingest) that were
     /// given none.
-    pub fn generate() -> JobId {
+    pub(crate) fn generate() -> JobId {
         JobId(uuid::Uuid::new_v4().to_string())
     }
 
@@ -115,7 +115,7 @@ impl JobId {
     /// AMQP `message_id`: derived from the body and the publish time, so a
     /// redelivery of the same message gets the same id and is recognised as
     /// already sent.
-    pub fn derived(body: &[u8], timestamp: Option<u64>) -> JobId {
+    pub(crate) fn derived(body: &[u8], timestamp: Option<u64>) -> JobId {
         // FNV-1a, 64 bits, twice with different offsets: stable across Rust
         // versions and processes, unlike std's hasher.
         fn fnv(offset: u64, parts: &[&[u8]]) -> u64 {
@@ -137,7 +137,7 @@ impl JobId {
         ))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -151,22 +151,22 @@ impl fmt::Display for JobId {
 /// The template variables. `Debug` shows only the keys: values include the
 /// verification code.
 #[derive(Clone, PartialEq)]
-pub struct Payload(Map<String, Value>);
+pub(crate) struct Payload(Map<String, Value>);
 
 impl Payload {
     /// Builds a payload from a JSON object (the HTTP ingest and `send` use this).
-    pub fn new(map: Map<String, Value>) -> Payload {
+    pub(crate) fn new(map: Map<String, Value>) -> Payload {
         Payload(map)
     }
 
     /// The variables, for rendering.
-    pub fn vars(&self) -> &Map<String, Value> {
+    pub(crate) fn vars(&self) -> &Map<String, Value> {
         &self.0
     }
 
     /// The locale to choose a template by: `locale`, else the first tag of
     /// `uiLocales` (Logto's raw, space-separated preference list).
-    pub fn locale(&self) -> Option<&str> {
+    pub(crate) fn locale(&self) -> Option<&str> {
         let text = |key: &str| self.0.get(key).and_then(Value::as_str);
         text("locale")
             .or_else(|| text("uiLocales").and_then(|l| l.split_whitespace().next()))
@@ -174,7 +174,7 @@ impl Payload {
     }
 
     /// The verification code's text, when there is one.
-    pub fn code(&self) -> Option<String> {
+    pub(crate) fn code(&self) -> Option<String> {
         match self.0.get("code")? {
             Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
@@ -192,7 +192,7 @@ impl fmt::Debug for Payload {
 /// A decoded job. Fields are public to read; the only constructor is
 /// [`Job::decode`].
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: JobId,
     pub to: PhoneNumber,
     pub kind: TemplateType,
@@ -212,7 +212,7 @@ pub struct Job {
 
 /// What the transport knows about a job besides its body.
 #[derive(Debug, Clone, Default)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     /// AMQP `message_id`, the default job id.
     pub message_id: Option<&'a str>,
     /// AMQP `timestamp` (seconds since the epoch): the publish time.
@@ -225,7 +225,7 @@ pub struct Envelope<'a> {
 /// Why a body is not a valid job. The text names the field and the rule,
 /// never the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidJob {
+pub(crate) enum InvalidJob {
     #[error("body is {0} bytes; the limit is 8192")]
     TooLarge(usize),
     #[error("body is not JSON: {0}")]
@@ -269,7 +269,7 @@ impl Job {
     /// Decodes and validates a job body (contract section 1). `default_ttl`
     /// sets the expiry of a job without `expires_at`, counted from its publish
     /// time (else its first receipt, else now).
-    pub fn decode(
+    pub(crate) fn decode(
         body: &[u8],
         envelope: &Envelope<'_>,
         default_ttl: Duration,
@@ -357,19 +357,23 @@ impl Job {
     }
 
     /// The end user's IP, for abuse limits.
-    pub fn ip(&self) -> Option<&str> {
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "checked at decode; the abuse limits will read it")
+    )]
+    pub(crate) fn ip(&self) -> Option<&str> {
         self.ip.as_deref()
     }
 
     /// Time left before the code goes stale; zero once it has.
-    pub fn time_left(&self, now: SystemTime) -> Duration {
+    pub(crate) fn time_left(&self, now: SystemTime) -> Duration {
         self.expires_at
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
     }
 
     /// Whether the code is stale at `now` and must not be sent.
-    pub fn is_expired(&self, now: SystemTime) -> bool {
+    pub(crate) fn is_expired(&self, now: SystemTime) -> bool {
         self.time_left(now).is_zero()
     }
 }

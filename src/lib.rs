@@ -5,51 +5,63 @@
 //!
 //! # A map of the crate
 //!
-//! The life of one job, in [`worker::Worker::handle`]:
+//! The life of one job is in `worker/mod.rs` (`Worker::handle`):
 //!
-//! 1. [`job`] decodes the message into a [`job::Job`] that cannot hold invalid
-//!    data (E.164 number via [`phone`], known type, expiry).
-//! 2. [`templates`] chooses the text by type and locale and fills it in;
-//!    [`encoding`] counts what it costs.
-//! 3. [`twilio`] sends it and returns a typed outcome; [`classify`] (a table
-//!    from Twilio code to decision) says whether a failure is transient,
+//! 1. `job` decodes the message into a `Job` that cannot hold invalid data
+//!    (an E.164 number via `phone`, a known type, an expiry).
+//! 2. `templates` chooses the text by type and locale and fills it in;
+//!    `encoding` counts what it costs.
+//! 3. `twilio` sends it and returns a typed outcome; its `classify` table
+//!    (Twilio code → decision) says whether a failure is transient,
 //!    permanent or an account fault.
-//! 4. [`retry`] decides when a transient failure is tried again and whether
-//!    the wait happens in the process or in a delay queue; [`throttle`] slows
-//!    every call down after a rate limit; [`pause`] stops consuming on an
-//!    account fault.
-//! 5. [`broker`] publishes dead letters ([`dead_letter`]) and parked retries
-//!    with confirms before the job is acked; [`recent`] remembers sent ids so a
-//!    redelivery is not sent twice.
+//! 4. `retry` decides when a transient failure is tried again and whether
+//!    the wait happens in the process or in a delay queue; the worker's
+//!    throttle slows every call after a rate limit, and its pause stops
+//!    consuming on an account fault.
+//! 5. The worker settles the delivery: ack, or publish the dead letter or
+//!    the parked retry through `amqp` with a confirm, then ack.
 //!
-//! Around it: [`consumer`] feeds the worker deliveries, pauses and probes,
-//! rides out broker outages and stops gracefully; [`topology`] names and
-//! declares every exchange, queue and header; [`config`] reads the TOML file or Logto's connector JSON;
-//! [`metrics`], [`health`], [`telemetry`] and [`trace_context`] make the worker
-//! observable and [`http`] serves them; [`shutdown`] stops it gracefully;
-//! [`dlq`] is the operators' dead-letter tools; [`cli`] is the command line.
+//! The folders, one family each:
+//!
+//! | folder | what is in it |
+//! | --- | --- |
+//! | `twilio/` | the Messages API client, its settings, the classification table |
+//! | `amqp/` | the connection, the topology, the job's headers, dead letters, confirmed publishing |
+//! | `worker/` | the job's life, sending, settlement, the consumer loop, throttle, pause, recent ids |
+//! | `observe/` | metrics, health, logs and traces, the HTTP listener |
+//! | `config/` | reading TOML, Logto's JSON and the environment; assembling the settings |
+//! | `cli/` | one file per command |
+//!
+//! Modules are private: the binary uses [`Cli`] and [`execute`]; the tests
+//! and the benchmark use the few broker names re-exported below.
 
-pub mod broker;
-pub mod classify;
-pub mod cli;
-pub mod config;
-pub mod consumer;
-pub mod dead_letter;
-pub mod dlq;
-pub mod encoding;
-pub mod health;
-pub mod http;
-pub mod job;
-pub mod metrics;
-pub mod pause;
-pub mod phone;
-pub mod recent;
-pub mod retry;
-pub mod shutdown;
-pub mod telemetry;
-pub mod templates;
-pub mod throttle;
-pub mod topology;
-pub mod trace_context;
-pub mod twilio;
-pub mod worker;
+#![warn(missing_docs, unreachable_pub)]
+
+mod amqp;
+mod cli;
+mod config;
+mod encoding;
+mod job;
+mod observe;
+mod phone;
+mod retry;
+mod shutdown;
+mod templates;
+mod trace_context;
+mod twilio;
+mod worker;
+
+pub use cli::{Cli, CliError, execute};
+
+/// The wire: what crosses the broker, for programs that talk to it as the
+/// worker does (the black-box tests and the benchmark): the confirmed
+/// publisher, the topology, dead letters, the header readers and the job's
+/// time format.
+pub mod wire {
+    pub use crate::amqp::Publisher;
+    pub use crate::amqp::QueueType;
+    pub use crate::amqp::dead_letter::{DeadLetter, Reason};
+    pub use crate::amqp::headers::{header_i64, header_str, set_str};
+    pub use crate::amqp::topology::declare as declare_topology;
+    pub use crate::job::{format_rfc3339, parse_rfc3339, unix_seconds};
+}

@@ -3,12 +3,12 @@
 //! configuration error). Everything else lives in the library.
 
 use clap::Parser;
-use sms_dispatch::cli::{self, Cli};
+use sms_dispatch::{Cli, execute};
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let code = match cli::execute(cli).await {
+    let code = match execute(cli).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("sms-dispatch: {e}");
@@ -16,7 +16,8 @@ async fn main() {
         }
     };
     // Exit from inside the runtime: the reconnect thread of a broker
-    // connection the worker abandoned (see `consumer`) would otherwise panic
-    // while the runtime shuts down. Everything worth keeping is written.
+    // connection the worker abandoned (see `worker::consumer`) would
+    // otherwise panic while the runtime shuts down. Everything worth keeping
+    // is written.
     std::process::exit(code);
 }

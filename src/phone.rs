@@ -10,11 +10,11 @@ use std::fmt;
 
 /// A phone number in E.164 form: `+`, a non-zero digit, then 6 to 14 digits.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PhoneNumber(String);
+pub(crate) struct PhoneNumber(String);
 
 /// Why a string is not an E.164 number. The text never repeats the number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PhoneError {
+pub(crate) enum PhoneError {
     #[error("is empty")]
     Empty,
     #[error("must be an E.164 number: '+', a country code and 7 to 15 digits in all")]
@@ -26,7 +26,7 @@ impl PhoneNumber {
     /// dropped and a missing leading `+` is added; then it must be E.164
     /// (`+[1-9][0-9]{6,14}`). Spaces, dashes and brackets inside are refused
     /// rather than guessed at.
-    pub fn parse(raw: &str) -> Result<PhoneNumber, PhoneError> {
+    pub(crate) fn parse(raw: &str) -> Result<PhoneNumber, PhoneError> {
         let raw = raw.trim();
         if raw.is_empty() {
             return Err(PhoneError::Empty);
@@ -42,13 +42,13 @@ impl PhoneNumber {
     }
 
     /// The full number, for the Twilio request and nothing else.
-    pub fn as_e164(&self) -> &str {
+    pub(crate) fn as_e164(&self) -> &str {
         &self.0
     }
 
     /// The number as logs and operators see it: `+`, the country code, a star
     /// for every hidden digit, and the last two digits.
-    pub fn masked(&self) -> String {
+    pub(crate) fn masked(&self) -> String {
         mask_digits(&self.0[1..])
     }
 }
@@ -97,7 +97,7 @@ fn country_code_len(digits: &str) -> usize {
 /// leading `+`) in free text such as a Twilio error message, which may quote
 /// the recipient ("The 'To' number +15005550001 is not a valid phone number").
 /// Shorter runs (error codes, counts) are left alone.
-pub fn mask_numbers_in(text: &str) -> String {
+pub(crate) fn mask_numbers_in(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;

@@ -5,7 +5,7 @@
 //! capped at `max_delay`); a `Retry-After` from Twilio is honoured when it asks
 //! for longer. A short wait is spent in the process, holding the delivery; a
 //! longer one is parked in a durable delay queue so that no worker memory holds
-//! the job (see [`crate::topology`]). The attempt count travels with the
+//! the job (see [`crate::amqp::topology`]). The attempt count travels with the
 //! message, so a restart forgets nothing. A retry that would come after the
 //! code expires is never scheduled: the job is dead-lettered `expired` instead.
 
@@ -15,7 +15,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// How transient failures are retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Twilio calls in all, across every process, before `retries_exhausted`.
     pub max_attempts: u32,
     /// The first delay.
@@ -41,7 +41,7 @@ impl Default for RetryPolicy {
 /// The delay queues' lengths. A parked retry goes to the shortest tier at
 /// least as long as its delay and carries its own delay as the message TTL, so
 /// it comes back no sooner than its delay and no later than its tier.
-pub const DELAY_TIERS: [Duration; 8] = [
+pub(crate) const DELAY_TIERS: [Duration; 8] = [
     Duration::from_secs(4),
     Duration::from_secs(8),
     Duration::from_secs(16),
@@ -53,11 +53,11 @@ pub const DELAY_TIERS: [Duration; 8] = [
 ];
 
 /// The longest a retry can be parked.
-pub const LONGEST_DELAY: Duration = DELAY_TIERS[DELAY_TIERS.len() - 1];
+pub(crate) const LONGEST_DELAY: Duration = DELAY_TIERS[DELAY_TIERS.len() - 1];
 
 /// What to do after a transient failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryDecision {
+pub(crate) enum RetryDecision {
     /// Wait this long in the process, then try again.
     Wait(Duration),
     /// Park the job in the delay queue of this tier for this long.
@@ -71,7 +71,11 @@ pub enum RetryDecision {
 impl RetryPolicy {
     /// The wait after `failed_attempts` failures (1 for the first), with
     /// jitter, at least `retry_after` when Twilio gave one.
-    pub fn delay_after(&self, failed_attempts: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn delay_after(
+        &self,
+        failed_attempts: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
         let n = failed_attempts.max(1) as usize;
         let computed = ExponentialBuilder::default()
             .with_min_delay(self.base_delay)
@@ -90,7 +94,7 @@ impl RetryPolicy {
 
     /// Decides the next step after `failed_attempts` failed Twilio calls,
     /// given the code's remaining life.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         failed_attempts: u32,
         retry_after: Option<Duration>,
@@ -114,7 +118,7 @@ impl RetryPolicy {
 }
 
 /// The shortest delay tier that is at least `delay` long.
-pub fn tier_for(delay: Duration) -> Duration {
+pub(crate) fn tier_for(delay: Duration) -> Duration {
     DELAY_TIERS
         .into_iter()
         .find(|t| *t >= delay)
@@ -123,7 +127,7 @@ pub fn tier_for(delay: Duration) -> Duration {
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date, capped at
 /// [`LONGEST_DELAY`] (a proxy may send anything).
-pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = if let Ok(secs) = value.parse::<u64>() {
         Duration::from_secs(secs.min(LONGEST_DELAY.as_secs()))

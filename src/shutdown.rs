@@ -10,18 +10,17 @@ use tokio_util::sync::CancellationToken;
 
 /// The process-wide stop signal. Clones share it.
 #[derive(Clone, Debug, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     token: CancellationToken,
-    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Shutdown {
-    pub fn new() -> Shutdown {
+    pub(crate) fn new() -> Shutdown {
         Shutdown::default()
     }
 
     /// Cancels the token on the first SIGTERM or SIGINT (Ctrl-C).
-    pub fn on_signals(&self) {
+    pub(crate) fn on_signals(&self) {
         let token = self.token.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -31,33 +30,16 @@ impl Shutdown {
     }
 
     /// Asks everything to stop.
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         self.token.cancel();
-    }
-
-    /// Stops everything because of an incident the orchestrator must see:
-    /// the process then exits with code 1 and `reason`.
-    pub fn fail(&self, reason: impl Into<String>) {
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure.get_or_insert_with(|| reason.into());
-        drop(failure);
-        self.token.cancel();
-    }
-
-    /// The reason given to [`Shutdown::fail`], if the stop is a failure.
-    pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Resolves once a stop was asked for.
-    pub async fn requested(&self) {
+    pub(crate) async fn requested(&self) {
         self.token.cancelled().await;
     }
 
-    pub fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         self.token.is_cancelled()
     }
 }

@@ -15,7 +15,7 @@ use crate::job::{Payload, TemplateType};
 
 /// One template as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateEntry {
+pub(crate) struct TemplateEntry {
     pub kind: TemplateType,
     /// A BCP 47 tag such as `ja-JP` or `ja`; `None` serves every locale.
     pub locale: Option<String>,
@@ -24,7 +24,7 @@ pub struct TemplateEntry {
 
 /// A template ready to render.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     entry: TemplateEntry,
     parts: Vec<Part>,
 }
@@ -42,7 +42,7 @@ enum Part {
 
 /// Why a set of templates cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("two templates for type {kind} and {locale}")]
     Duplicate { kind: TemplateType, locale: String },
     #[error("the {kind} template has no {{{{code}}}} placeholder, so the user would get no code")]
@@ -59,20 +59,21 @@ impl Template {
         Template { entry, parts }
     }
 
-    pub fn kind(&self) -> TemplateType {
+    pub(crate) fn kind(&self) -> TemplateType {
         self.entry.kind
     }
 
-    pub fn locale(&self) -> Option<&str> {
+    pub(crate) fn locale(&self) -> Option<&str> {
         self.entry.locale.as_deref()
     }
 
-    pub fn content(&self) -> &str {
+    #[cfg(test)]
+    fn content(&self) -> &str {
         &self.entry.content
     }
 
     /// Whether the template uses a variable as the first key of a placeholder.
-    pub fn uses(&self, var: &str) -> bool {
+    pub(crate) fn uses(&self, var: &str) -> bool {
         self.parts
             .iter()
             .any(|p| matches!(p, Part::Var { path, .. } if path.first().is_some_and(|k| k == var)))
@@ -82,13 +83,13 @@ impl Template {
     /// placeholder whose first key is absent stays as written; a present key
     /// whose value is null or missing deeper down becomes empty; strings go in
     /// as they are, other values as JSON.
-    pub fn render(&self, payload: &Payload) -> String {
+    pub(crate) fn render(&self, payload: &Payload) -> String {
         self.render_with(payload.vars(), |_, value| value)
     }
 
     /// Renders with every filled-in value replaced by stars of the same
     /// length: what `--dry-run` logs, so the layout shows but no code does.
-    pub fn render_masked(&self, payload: &Payload) -> String {
+    pub(crate) fn render_masked(&self, payload: &Payload) -> String {
         self.render_with(payload.vars(), |_, value| "*".repeat(value.chars().count()))
     }
 
@@ -197,7 +198,7 @@ fn valid_locale(locale: &str) -> bool {
 
 /// Every configured template, indexed for selection.
 #[derive(Debug, Clone, Default)]
-pub struct Templates {
+pub(crate) struct Templates {
     by_key: HashMap<(TemplateType, Option<String>), Template>,
 }
 
@@ -205,7 +206,7 @@ impl Templates {
     /// Checks and indexes the templates: no duplicates, no empty text, a
     /// `{{code}}` in every type that carries a code, locales that look like
     /// tags.
-    pub fn new(entries: Vec<TemplateEntry>) -> Result<Templates, TemplateError> {
+    pub(crate) fn new(entries: Vec<TemplateEntry>) -> Result<Templates, TemplateError> {
         let mut by_key = HashMap::new();
         for entry in entries {
             let kind = entry.kind;
@@ -236,7 +237,7 @@ impl Templates {
     }
 
     /// Chooses the template for a job (see the module doc for the order).
-    pub fn select(&self, kind: TemplateType, locale: Option<&str>) -> Option<&Template> {
+    pub(crate) fn select(&self, kind: TemplateType, locale: Option<&str>) -> Option<&Template> {
         self.select_exact(kind, locale).or_else(|| {
             (kind != TemplateType::Generic)
                 .then(|| self.select_exact(TemplateType::Generic, locale))
@@ -259,7 +260,7 @@ impl Templates {
     }
 
     /// Every template, by type then locale, for `check-config`.
-    pub fn all(&self) -> Vec<&Template> {
+    pub(crate) fn all(&self) -> Vec<&Template> {
         let mut all: Vec<&Template> = self.by_key.values().collect();
         all.sort_by(|a, b| (a.kind(), a.locale()).cmp(&(b.kind(), b.locale())));
         all
@@ -267,12 +268,12 @@ impl Templates {
 
     /// Whether every job of this type finds a template, whatever its locale:
     /// its type or Generic has one without a locale.
-    pub fn covers(&self, kind: TemplateType) -> bool {
+    pub(crate) fn covers(&self, kind: TemplateType) -> bool {
         self.by_key.contains_key(&(kind, None))
             || self.by_key.contains_key(&(TemplateType::Generic, None))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
 }

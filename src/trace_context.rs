@@ -7,7 +7,7 @@
 
 /// A parsed `traceparent` (`00-<trace-id>-<parent-id>-<flags>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
+pub(crate) struct TraceParent {
     /// 32 lower-case hex digits, not all zero.
     pub trace_id: String,
     /// 16 lower-case hex digits, not all zero.
@@ -18,7 +18,7 @@ pub struct TraceParent {
 impl TraceParent {
     /// Parses a `traceparent` value; `None` for anything malformed (a bad
     /// header must never fail a job).
-    pub fn parse(value: &str) -> Option<TraceParent> {
+    pub(crate) fn parse(value: &str) -> Option<TraceParent> {
         let mut parts = value.trim().split('-');
         let version = parts.next()?;
         let trace_id = parts.next()?;

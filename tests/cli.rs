@@ -166,7 +166,7 @@ async fn send_publishes_a_job_the_worker_accepts() {
         assert_eq!(job["payload"]["code"], code);
         assert_eq!(job["payload"]["locale"], "ja-JP");
         let expires =
-            sms_dispatch::job::parse_rfc3339(job["expires_at"].as_str().unwrap()).unwrap();
+            sms_dispatch::wire::parse_rfc3339(job["expires_at"].as_str().unwrap()).unwrap();
         let left = expires
             .duration_since(std::time::SystemTime::now())
             .unwrap();

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use lapin::BasicProperties;
-use sms_dispatch::broker::Publisher;
-use sms_dispatch::dead_letter::{DeadLetter, Reason};
+use sms_dispatch::wire::Publisher;
+use sms_dispatch::wire::{DeadLetter, Reason};
 use support::*;
 
 const SECS: Duration = Duration::from_secs(30);
@@ -21,7 +21,7 @@ async fn seed(p: &Publisher, job: &TestJob, reason: Reason, code: Option<u32>, a
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_message_id(job.id.as_str().into())
-        .with_timestamp(sms_dispatch::job::unix_seconds(SystemTime::now()) - 90);
+        .with_timestamp(sms_dispatch::wire::unix_seconds(SystemTime::now()) - 90);
     let error = match code {
         Some(c) => format!("Twilio {c} (HTTP 400): refused for +1********01"),
         None => format!("{reason} happened"),

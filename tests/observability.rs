@@ -136,7 +136,7 @@ async fn every_log_line_of_a_job_carries_its_span_and_the_producers_trace_id() {
         let job = TestJob::new(&number(), "SignIn");
         bed.twilio.script(&job.to, [Reply::server_error(500)]);
         let mut headers = FieldTable::default();
-        sms_dispatch::topology::set_str(
+        sms_dispatch::wire::set_str(
             &mut headers,
             "traceparent",
             &format!("00-{trace_id}-00f067aa0ba902b7-01"),
@@ -216,7 +216,7 @@ async fn job_spans_are_exported_over_otlp_as_children_of_the_traceparent() {
         let parent = "b7ad6b7169203331";
         let job = TestJob::new(&number(), "Register");
         let mut headers = FieldTable::default();
-        sms_dispatch::topology::set_str(
+        sms_dispatch::wire::set_str(
             &mut headers,
             "traceparent",
             &format!("00-{trace_id}-{parent}-01"),

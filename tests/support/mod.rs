@@ -9,7 +9,7 @@
 //! unmasked phone number.
 #![allow(dead_code)]
 
-pub mod fake_twilio;
+pub(crate) mod fake_twilio;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -25,13 +25,13 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-pub use fake_twilio::*;
+pub(crate) use fake_twilio::*;
 
 /// The worker binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_sms-dispatch");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sms-dispatch");
 
 /// Runs `fut` and fails the test if it takes longer than `secs`.
-pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
+pub(crate) async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(out) => out,
         Err(_) => panic!("test deadline of {secs} s passed"),
@@ -40,7 +40,7 @@ pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
 
 /// Checks `check` every 50 ms until it yields a value; panics with `what`
 /// when `deadline` passes. A wait on a condition, not a sleep.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -75,7 +75,7 @@ fn forbid(value: &str) {
 }
 
 /// A fresh six-digit code, remembered as forbidden in logs.
-pub fn code() -> String {
+pub(crate) fn code() -> String {
     loop {
         let c = format!("{:06}", fastrand::u32(100_000..1_000_000));
         if !forbidden().lock().unwrap().contains(&c) {
@@ -87,7 +87,7 @@ pub fn code() -> String {
 
 /// Scans log lines: JSON when `json`, and no code, secret or unmasked
 /// number. Returns the problems found.
-pub fn scan_logs(lines: &[String], json_lines: bool) -> Vec<String> {
+pub(crate) fn scan_logs(lines: &[String], json_lines: bool) -> Vec<String> {
     let forbidden = forbidden().lock().unwrap().clone();
     let mut problems = Vec::new();
     for line in lines {
@@ -140,7 +140,7 @@ fn has_unmasked_number(line: &str) -> bool {
 
 /// A test job: a number, a type, a fresh code.
 #[derive(Debug, Clone)]
-pub struct TestJob {
+pub(crate) struct TestJob {
     pub id: String,
     pub to: String,
     pub kind: String,
@@ -150,7 +150,7 @@ pub struct TestJob {
 }
 
 impl TestJob {
-    pub fn new(to: &str, kind: &str) -> TestJob {
+    pub(crate) fn new(to: &str, kind: &str) -> TestJob {
         forbid(to);
         forbid(to.trim_start_matches('+'));
         let code = code();
@@ -166,27 +166,27 @@ impl TestJob {
         }
     }
 
-    pub fn locale(mut self, locale: &str) -> TestJob {
+    pub(crate) fn locale(mut self, locale: &str) -> TestJob {
         self.payload.insert("locale".to_owned(), json!(locale));
         self
     }
 
-    pub fn var(mut self, key: &str, value: Value) -> TestJob {
+    pub(crate) fn var(mut self, key: &str, value: Value) -> TestJob {
         self.payload.insert(key.to_owned(), value);
         self
     }
 
-    pub fn expires_in(mut self, d: Duration) -> TestJob {
+    pub(crate) fn expires_in(mut self, d: Duration) -> TestJob {
         self.expires_at = Some(SystemTime::now() + d);
         self
     }
 
-    pub fn expired(mut self) -> TestJob {
+    pub(crate) fn expired(mut self) -> TestJob {
         self.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
         self
     }
 
-    pub fn body(&self) -> Vec<u8> {
+    pub(crate) fn body(&self) -> Vec<u8> {
         let mut job = json!({
             "to": self.to,
             "type": self.kind,
@@ -194,14 +194,14 @@ impl TestJob {
             "id": self.id,
         });
         if let Some(at) = self.expires_at {
-            job["expires_at"] = json!(sms_dispatch::job::format_rfc3339(at));
+            job["expires_at"] = json!(sms_dispatch::wire::format_rfc3339(at));
         }
         serde_json::to_vec(&job).unwrap()
     }
 }
 
 /// A test phone number: +1 555 0100 xxxx style, unique per call.
-pub fn number() -> String {
+pub(crate) fn number() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let unique = fastrand::u32(0..10_000);
@@ -211,14 +211,14 @@ pub fn number() -> String {
 // ---------------------------------------------------------------- broker
 
 /// A private vhost on the shared broker, deleted on drop.
-pub struct Vhost {
+pub(crate) struct Vhost {
     pub name: String,
     pub url: String,
     node: Option<String>,
 }
 
 /// Runs rabbitmqctl (against `node` when given) and returns stdout.
-pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
+pub(crate) fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
     let mut cmd = Command::new("rabbitmqctl");
     if let Some(node) = node {
         cmd.args(["-n", node]);
@@ -234,12 +234,12 @@ pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
 
 impl Vhost {
     /// A new vhost on the default node (127.0.0.1:5672).
-    pub fn create() -> Vhost {
+    pub(crate) fn create() -> Vhost {
         Vhost::create_on(None, 5672)
     }
 
     /// A new vhost on `node`, whose AMQP port is `port`.
-    pub fn create_on(node: Option<&str>, port: u16) -> Vhost {
+    pub(crate) fn create_on(node: Option<&str>, port: u16) -> Vhost {
         let name = format!("t-{}", uuid::Uuid::new_v4().simple());
         rabbitmqctl(node, &["add_vhost", &name]);
         rabbitmqctl(
@@ -253,23 +253,23 @@ impl Vhost {
         }
     }
 
-    pub async fn connect(&self) -> Connection {
+    pub(crate) async fn connect(&self) -> Connection {
         Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .expect("connect to the test vhost")
     }
 
     /// A confirm-mode publisher, with the topology declared.
-    pub async fn publisher(&self, conn: &Connection) -> sms_dispatch::broker::Publisher {
-        let p = sms_dispatch::broker::Publisher::open(conn).await.unwrap();
-        sms_dispatch::topology::declare(p.channel(), sms_dispatch::config::QueueType::Quorum)
+    pub(crate) async fn publisher(&self, conn: &Connection) -> sms_dispatch::wire::Publisher {
+        let p = sms_dispatch::wire::Publisher::open(conn).await.unwrap();
+        sms_dispatch::wire::declare_topology(p.channel(), sms_dispatch::wire::QueueType::Quorum)
             .await
             .unwrap();
         p
     }
 
     /// Publishes `jobs` on a connection of its own, then closes it.
-    pub async fn publish_all(&self, jobs: &[TestJob]) {
+    pub(crate) async fn publish_all(&self, jobs: &[TestJob]) {
         let conn = self.connect().await;
         let publisher = self.publisher(&conn).await;
         for job in jobs {
@@ -280,7 +280,7 @@ impl Vhost {
 
     /// The number of messages ready in `queue`, exactly (a passive declare;
     /// `rabbitmqctl list_queues` lags a second behind for quorum queues).
-    pub async fn ready(&self, queue: &str) -> u32 {
+    pub(crate) async fn ready(&self, queue: &str) -> u32 {
         let conn = self.connect().await;
         let channel = conn.create_channel().await.unwrap();
         let n = ready(&channel, queue).await;
@@ -304,14 +304,14 @@ impl Drop for Vhost {
 }
 
 /// Publishes a test job to `sms`/`send` as a producer would.
-pub async fn publish(p: &sms_dispatch::broker::Publisher, job: &TestJob) {
+pub(crate) async fn publish(p: &sms_dispatch::wire::Publisher, job: &TestJob) {
     p.publish_job(&job.id, &job.body(), FieldTable::default())
         .await
         .expect("job published");
 }
 
 /// Publishes any bytes to `sms`/`send` (for malformed jobs).
-pub async fn publish_raw(channel: &Channel, body: &[u8], properties: BasicProperties) {
+pub(crate) async fn publish_raw(channel: &Channel, body: &[u8], properties: BasicProperties) {
     channel
         .basic_publish(
             "sms".into(),
@@ -328,28 +328,27 @@ pub async fn publish_raw(channel: &Channel, body: &[u8], properties: BasicProper
 
 /// A message taken from a queue (and acked).
 #[derive(Debug, Clone)]
-pub struct Taken {
+pub(crate) struct Taken {
     pub body: Vec<u8>,
     pub properties: BasicProperties,
 }
 
 impl Taken {
-    pub fn header_str(&self, name: &str) -> Option<String> {
-        sms_dispatch::topology::header_str(self.properties.headers().as_ref(), name)
-            .map(str::to_owned)
+    pub(crate) fn header_str(&self, name: &str) -> Option<String> {
+        sms_dispatch::wire::header_str(self.properties.headers().as_ref(), name).map(str::to_owned)
     }
 
-    pub fn header_i64(&self, name: &str) -> Option<i64> {
-        sms_dispatch::topology::header_i64(self.properties.headers().as_ref(), name)
+    pub(crate) fn header_i64(&self, name: &str) -> Option<i64> {
+        sms_dispatch::wire::header_i64(self.properties.headers().as_ref(), name)
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 }
 
 /// Takes every message from `queue` (acking them).
-pub async fn take_all(channel: &Channel, queue: &str) -> Vec<Taken> {
+pub(crate) async fn take_all(channel: &Channel, queue: &str) -> Vec<Taken> {
     let mut out = Vec::new();
     while let Some(m) = channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
@@ -367,7 +366,7 @@ pub async fn take_all(channel: &Channel, queue: &str) -> Vec<Taken> {
 
 /// Takes messages from `queue` until at least `n` arrived; panics after
 /// `deadline`.
-pub async fn take_at_least(
+pub(crate) async fn take_at_least(
     channel: &Channel,
     queue: &str,
     n: usize,
@@ -390,7 +389,7 @@ pub async fn take_at_least(
 }
 
 /// The ready-message count of a queue, via a passive declare.
-pub async fn ready(channel: &Channel, queue: &str) -> u32 {
+pub(crate) async fn ready(channel: &Channel, queue: &str) -> u32 {
     channel
         .queue_declare(
             queue.into(),
@@ -408,10 +407,10 @@ pub async fn ready(channel: &Channel, queue: &str) -> u32 {
 // ---------------------------------------------------------------- config
 
 /// A config file in the temp dir, removed on drop.
-pub struct ConfigFile(pub PathBuf);
+pub(crate) struct ConfigFile(pub PathBuf);
 
 impl ConfigFile {
-    pub fn write(ext: &str, text: &str) -> ConfigFile {
+    pub(crate) fn write(ext: &str, text: &str) -> ConfigFile {
         let path = std::env::temp_dir().join(format!(
             "sms-dispatch-test-{}.{ext}",
             uuid::Uuid::new_v4().simple()
@@ -425,7 +424,7 @@ impl ConfigFile {
 
     /// Logto's Twilio connector JSON with the fake's credentials and these
     /// templates (type, locale, content).
-    pub fn logto(templates: &[(&str, Option<&str>, &str)]) -> ConfigFile {
+    pub(crate) fn logto(templates: &[(&str, Option<&str>, &str)]) -> ConfigFile {
         let templates: Vec<Value> = templates
             .iter()
             .map(|(kind, locale, content)| {
@@ -446,7 +445,7 @@ impl ConfigFile {
     }
 
     /// A Logto config with one template per type.
-    pub fn full() -> ConfigFile {
+    pub(crate) fn full() -> ConfigFile {
         ConfigFile::logto(&[
             ("SignIn", None, "Your sign-in code is {{code}}"),
             ("Register", None, "Welcome! Your code is {{code}}"),
@@ -465,7 +464,7 @@ impl Drop for ConfigFile {
 // ---------------------------------------------------------------- worker
 
 /// How to start a worker.
-pub struct WorkerOptions<'a> {
+pub(crate) struct WorkerOptions<'a> {
     pub amqp_url: &'a str,
     pub config: &'a ConfigFile,
     pub twilio: Option<&'a FakeTwilio>,
@@ -475,7 +474,7 @@ pub struct WorkerOptions<'a> {
 }
 
 impl<'a> WorkerOptions<'a> {
-    pub fn new(amqp_url: &'a str, config: &'a ConfigFile, twilio: &'a FakeTwilio) -> Self {
+    pub(crate) fn new(amqp_url: &'a str, config: &'a ConfigFile, twilio: &'a FakeTwilio) -> Self {
         WorkerOptions {
             amqp_url,
             config,
@@ -488,7 +487,7 @@ impl<'a> WorkerOptions<'a> {
 }
 
 /// The worker binary, running, with its stdout captured.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
@@ -499,7 +498,7 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `sms-dispatch run` and waits until its HTTP listener is up.
-    pub async fn start(options: WorkerOptions<'_>) -> WorkerProcess {
+    pub(crate) async fn start(options: WorkerOptions<'_>) -> WorkerProcess {
         let mut cmd = Command::new(BIN);
         // A clean environment: nothing from the developer's shell (an API
         // key, a From number) changes what the worker does.
@@ -555,23 +554,23 @@ impl WorkerProcess {
     }
 
     /// Starts a worker and waits until `/readyz` says ready.
-    pub async fn start_ready(options: WorkerOptions<'_>) -> WorkerProcess {
+    pub(crate) async fn start_ready(options: WorkerOptions<'_>) -> WorkerProcess {
         let worker = WorkerProcess::start(options).await;
         worker.wait_ready(Duration::from_secs(20)).await;
         worker
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Every line logged so far.
-    pub fn logs(&self) -> Vec<String> {
+    pub(crate) fn logs(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
 
     /// Every JSON log line so far.
-    pub fn json_logs(&self) -> Vec<Value> {
+    pub(crate) fn json_logs(&self) -> Vec<Value> {
         self.logs()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -579,7 +578,7 @@ impl WorkerProcess {
     }
 
     /// Waits until some log line satisfies `pick`.
-    pub async fn wait_log<T>(
+    pub(crate) async fn wait_log<T>(
         &mut self,
         deadline: Duration,
         what: &str,
@@ -608,7 +607,7 @@ impl WorkerProcess {
     }
 
     /// `GET /readyz`: the status code and the JSON body.
-    pub async fn readyz(&self) -> (u16, Value) {
+    pub(crate) async fn readyz(&self) -> (u16, Value) {
         let r = self
             .client
             .get(format!("http://{}/readyz", self.http))
@@ -619,7 +618,7 @@ impl WorkerProcess {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn wait_ready(&self, deadline: Duration) {
+    pub(crate) async fn wait_ready(&self, deadline: Duration) {
         eventually(deadline, "the worker to be ready", || async {
             (self.readyz().await.0 == 200).then_some(())
         })
@@ -627,7 +626,7 @@ impl WorkerProcess {
     }
 
     /// The `/metrics` text (classic format).
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.client
             .get(format!("http://{}/metrics", self.http))
             .send()
@@ -639,17 +638,17 @@ impl WorkerProcess {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         signal(self.child.id(), "TERM");
     }
 
     /// Sends SIGKILL.
-    pub fn kill9(&self) {
+    pub(crate) fn kill9(&self) {
         signal(self.child.id(), "KILL");
     }
 
     /// Waits for the process to exit.
-    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let child = &mut self.child;
         eventually(deadline, "the worker to exit", || {
             std::future::ready(child.try_wait().unwrap())
@@ -659,7 +658,7 @@ impl WorkerProcess {
 
     /// Stops the worker gracefully (SIGTERM), waits for it to exit and for
     /// all its output, scans every line, and returns the JSON lines.
-    pub async fn finish(mut self) -> Vec<Value> {
+    pub(crate) async fn finish(mut self) -> Vec<Value> {
         if self.child.try_wait().ok().flatten().is_none() {
             self.terminate();
             let status = self.wait_exit(Duration::from_secs(30)).await;
@@ -720,9 +719,9 @@ impl Drop for WorkerProcess {
 
 /// A worker on its own vhost with a fake Twilio, and a producer's connection.
 /// Fields drop in order: the worker stops before its vhost goes.
-pub struct TestBed {
+pub(crate) struct TestBed {
     pub worker: WorkerProcess,
-    pub publisher: sms_dispatch::broker::Publisher,
+    pub publisher: sms_dispatch::wire::Publisher,
     pub channel: Channel,
     pub conn: Connection,
     pub twilio: FakeTwilio,
@@ -732,12 +731,12 @@ pub struct TestBed {
 
 impl TestBed {
     /// Starts everything with the default options and waits until ready.
-    pub async fn start(config: ConfigFile) -> TestBed {
+    pub(crate) async fn start(config: ConfigFile) -> TestBed {
         TestBed::start_with(config, FakeTwilio::start().await, |_| {}).await
     }
 
     /// Starts everything, letting `tweak` adjust the worker's options.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         config: ConfigFile,
         twilio: FakeTwilio,
         tweak: impl FnOnce(&mut WorkerOptions<'_>),
@@ -760,24 +759,24 @@ impl TestBed {
         }
     }
 
-    pub async fn publish(&self, job: &TestJob) {
+    pub(crate) async fn publish(&self, job: &TestJob) {
         publish(&self.publisher, job).await;
     }
 
     /// Takes dead letters until there are `n`.
-    pub async fn dead_letters(&self, n: usize, deadline: Duration) -> Vec<Taken> {
+    pub(crate) async fn dead_letters(&self, n: usize, deadline: Duration) -> Vec<Taken> {
         take_at_least(&self.channel, "sms.dead", n, deadline).await
     }
 
     /// Waits until sms.send has nothing ready and the worker holds nothing
     /// (`sms_in_flight` is 0: every delivery it took was acked or put back).
-    pub async fn wait_drained(&self, deadline: Duration) {
+    pub(crate) async fn wait_drained(&self, deadline: Duration) {
         wait_drained(&self.channel, &self.worker, deadline).await;
     }
 }
 
 /// Waits until `sms.send` has nothing ready and `worker` holds nothing.
-pub async fn wait_drained(channel: &Channel, worker: &WorkerProcess, deadline: Duration) {
+pub(crate) async fn wait_drained(channel: &Channel, worker: &WorkerProcess, deadline: Duration) {
     let start = tokio::time::Instant::now();
     loop {
         let in_flight = metric(&worker.metrics().await, "sms_in_flight", "");
@@ -803,7 +802,7 @@ fn signal(pid: u32, sig: &str) {
 
 /// Reads one sample from classic-format metrics text: `name{labels} value`,
 /// with `labels` exactly as printed (empty for none).
-pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     let series = if labels.is_empty() {
         name.to_owned()
     } else {
@@ -816,7 +815,7 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 /// Runs the binary with `args` and `env` and returns (exit code, stdout, stderr).
-pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("SMS_DISPATCH_CONFIG")
@@ -837,7 +836,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 /// A RabbitMQ node of the test's own (its own ports, data and logs under
 /// /tmp), for tests that stop and start the broker without disturbing the
 /// shared one. Stopped and removed on drop.
-pub struct BrokerNode {
+pub(crate) struct BrokerNode {
     pub node: String,
     pub port: u16,
     base: PathBuf,
@@ -846,7 +845,7 @@ pub struct BrokerNode {
 impl BrokerNode {
     /// Starts `name@localhost` with AMQP on `port` and distribution on
     /// `dist_port`, and waits until it runs (about ten seconds).
-    pub fn start(name: &str, port: u16, dist_port: u16) -> BrokerNode {
+    pub(crate) fn start(name: &str, port: u16, dist_port: u16) -> BrokerNode {
         let node = format!("{name}@localhost");
         // A node left over by an aborted run would hold the ports.
         let _ = Command::new("rabbitmqctl")
@@ -893,7 +892,7 @@ impl BrokerNode {
     }
 
     /// Waits until the node's broker application runs.
-    pub fn wait_running(&self, deadline: Duration) {
+    pub(crate) fn wait_running(&self, deadline: Duration) {
         let start = std::time::Instant::now();
         loop {
             let ok = Command::new("rabbitmqctl")
@@ -915,18 +914,18 @@ impl BrokerNode {
     }
 
     /// Stops the broker application (connections drop, durable data stays).
-    pub fn stop_app(&self) {
+    pub(crate) fn stop_app(&self) {
         rabbitmqctl(Some(&self.node), &["stop_app"]);
     }
 
     /// Starts the broker application again and waits until it runs.
-    pub fn start_app(&self) {
+    pub(crate) fn start_app(&self) {
         rabbitmqctl(Some(&self.node), &["start_app"]);
         self.wait_running(Duration::from_secs(60));
     }
 
     /// A private vhost on this node.
-    pub fn vhost(&self) -> Vhost {
+    pub(crate) fn vhost(&self) -> Vhost {
         Vhost::create_on(Some(&self.node), self.port)
     }
 }

@@ -1,4 +1,4 @@
-//! The broker connection and the one way this crate publishes: confirmed.
+//! The one way this crate publishes: confirmed.
 //!
 //! Every publish here (a job from `send` or the HTTP ingest, a dead letter, a
 //! parked retry, a replayed dead letter) is `mandatory` on a confirm-mode
@@ -8,14 +8,11 @@
 
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-use crate::config::BrokerSettings;
-use crate::topology;
+use super::topology;
 
 /// Why a publish is not known to be safe with the broker.
 #[derive(Debug, thiserror::Error)]
@@ -35,51 +32,7 @@ pub enum PublishError {
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the caller then leaves the original unacked, so nothing is lost).
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Whether a connection rides out broker outages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// The worker: lapin's automatic recovery (reconnect, then re-declare
-    /// channels, QoS, topology and consumers), retrying for about ten minutes
-    /// with delays from 250 ms growing to 5 s.
-    Automatic,
-    /// Commands (`send`, `dlq`): fail at once so the operator sees it.
-    None,
-}
-
-/// Opens a connection to the broker.
-pub async fn connect(
-    settings: &BrokerSettings,
-    name: &str,
-    recovery: Recovery,
-) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let properties = match recovery {
-        Recovery::Automatic => properties.enable_auto_recover().with_backoff(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(250))
-                .with_factor(2.0)
-                .with_max_delay(Duration::from_secs(5))
-                .with_jitter()
-                .with_max_times(120),
-        ),
-        Recovery::None => properties,
-    };
-    let mut uri: lapin::uri::AMQPUri = settings
-        .url
-        .expose_secret()
-        .parse()
-        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
-    // lapin keeps two buffers of 32 frames each per connection; with
-    // RabbitMQ's default frame_max (128 KiB) that is 8 MiB of memory for
-    // jobs of at most 8 KiB. A URL that sets frame_max keeps its own.
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Connection::connect_uri(uri, properties).await
-}
-
-/// The frame size the worker asks for unless the URL says otherwise.
-pub const FRAME_MAX: u32 = 16 * 1024;
+pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A confirm-mode channel for publishing.
 #[derive(Clone)]
@@ -168,20 +121,20 @@ impl Publisher {
 /// ingest). The consumer loop sets it whenever it opens a connection; `None`
 /// until the first one is up.
 #[derive(Clone, Default)]
-pub struct SharedPublisher(std::sync::Arc<std::sync::RwLock<Option<Publisher>>>);
+pub(crate) struct SharedPublisher(std::sync::Arc<std::sync::RwLock<Option<Publisher>>>);
 
 impl SharedPublisher {
-    pub fn new() -> SharedPublisher {
+    pub(crate) fn new() -> SharedPublisher {
         SharedPublisher::default()
     }
 
     /// Publishes from now on with `publisher` (a new connection's).
-    pub fn set(&self, publisher: Publisher) {
+    pub(crate) fn set(&self, publisher: Publisher) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
     }
 
     /// The current publisher, if a connection has been opened.
-    pub fn get(&self) -> Option<Publisher> {
+    pub(crate) fn get(&self) -> Option<Publisher> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -24,41 +24,46 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, Publisher, SharedPublisher};
-use crate::config::Config;
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::pause::Pause;
+use super::pause::Pause;
+use super::{Finished, Gateway, Handling, Worker, WorkerSettings};
+use crate::amqp::{self, Publisher, SharedPublisher, topology};
+use crate::observe::health::Health;
+use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::topology;
-use crate::twilio::TwilioClient;
-use crate::worker::{Finished, Transport, Worker};
 
 /// How long lapin gets to recover a lost connection before the worker opens
 /// a new one itself.
-pub const RECOVERY_GRACE: Duration = Duration::from_secs(15);
+pub(crate) const RECOVERY_GRACE: Duration = Duration::from_secs(15);
 
 /// Errors that stop the worker (exit code 1).
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
+pub(crate) enum WorkerError {
+    /// The broker refused or dropped something the worker cannot do without.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// The consumer ended and could not be started again.
     #[error("the consumer of {queue} ended and could not be restarted: {detail}")]
     ConsumerLost { queue: &'static str, detail: String },
-    #[error("{0}")]
-    Setup(String),
-    #[error("{0}")]
-    Incident(String),
+    /// The topology could not be declared (the text says what to do).
+    #[error("declaring the topology: {0}")]
+    Topology(String),
+    /// No connection could be opened within the reconnect deadline.
+    #[error("could not connect to the broker within {} s", .0.as_secs())]
+    ConnectDeadline(Duration),
+    /// A stop was asked for before the first connection was up.
+    #[error("stopped before the broker connection was up")]
+    StoppedBeforeConnected,
 }
 
-/// Everything `run` needs besides the config.
-pub struct RunOptions {
-    pub dry_run: bool,
-    pub metrics: Metrics,
-    pub health: Health,
-    pub shutdown: Shutdown,
+/// Everything `run` needs besides the settings.
+pub(crate) struct RunOptions {
+    /// Twilio, or the log with `--dry-run`.
+    pub(crate) gateway: Gateway,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Health,
+    pub(crate) shutdown: Shutdown,
     /// Set to each new connection's publisher (the HTTP ingest shares it).
-    pub publisher: SharedPublisher,
+    pub(crate) publisher: SharedPublisher,
 }
 
 /// One connection to the broker and what hangs off it.
@@ -91,45 +96,38 @@ enum SessionEnd {
 
 /// Runs the worker until shutdown. Returns an error for an incident the
 /// orchestrator should see (exit code 1, then a restart).
-pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError> {
+pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result<(), WorkerError> {
     let RunOptions {
-        dry_run,
+        gateway,
         metrics,
         health,
         shutdown,
         publisher: shared,
     } = options;
-    let setup = |e: &dyn std::fmt::Display| WorkerError::Setup(e.to_string());
-    let transport = if dry_run {
-        Transport::DryRun
-    } else {
-        let settings = config.twilio_required().map_err(|e| setup(&e))?;
-        Transport::Twilio(TwilioClient::new(settings).map_err(|e| setup(&e))?)
-    };
+    let broker = settings.broker.clone();
+    let grace = settings.shutdown_grace;
+    let dry_run = matches!(gateway, Gateway::DryRun);
 
-    info!(broker = %config.broker.url_for_logs(), "connecting to the broker");
-    let (mut session, publisher) = open_session(config, &health, &shutdown).await?;
+    info!(broker = %broker.url_for_logs(), "connecting to the broker");
+    let (mut session, publisher) = open_session(&broker, &health, &shutdown).await?;
     shared.set(publisher);
-    let worker = Arc::new(
-        Worker::new(
-            config,
-            transport,
-            shared.clone(),
-            metrics,
-            Pause::new(health.clone()),
-        )
-        .map_err(|e| setup(&e))?,
-    );
+    let worker = Arc::new(Worker::new(
+        settings,
+        gateway,
+        shared.clone(),
+        metrics,
+        Pause::new(health.clone()),
+    ));
     info!(
         queue = topology::QUEUE,
-        prefetch = config.broker.prefetch,
-        queue_type = config.broker.queue_type.as_str(),
+        prefetch = broker.prefetch,
+        queue_type = broker.queue_type.as_str(),
         dry_run,
         "consuming"
     );
     let tracker = TaskTracker::new();
     let result = loop {
-        match consume(config, &worker, &session, &tracker, &health, &shutdown).await {
+        match consume(&broker, &worker, &session, &tracker, &health, &shutdown).await {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) => break Err(e),
             Ok(SessionEnd::Stuck) => {
@@ -138,7 +136,7 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
                     "lapin did not recover the broker connection in time; opening a new one"
                 );
                 abandon(session);
-                match open_session(config, &health, &shutdown).await {
+                match open_session(&broker, &health, &shutdown).await {
                     Ok((next, publisher)) => {
                         shared.set(publisher);
                         session = next;
@@ -155,13 +153,10 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
     tracker.close();
     info!(
         in_flight = tracker.len(),
-        grace_ms = config.shutdown_grace.as_millis() as u64,
+        grace_ms = grace.as_millis() as u64,
         "shutting down: waiting for jobs in flight"
     );
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(
             unfinished = tracker.len(),
             "grace period over; unfinished jobs go back to the queue untouched"
@@ -175,9 +170,6 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
     let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
     session.stuck.cancel();
     result?;
-    if let Some(reason) = shutdown.failure() {
-        return Err(WorkerError::Incident(reason));
-    }
     info!("stopped");
     Ok(())
 }
@@ -186,25 +178,21 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<(), WorkerError
 /// the publishing and consuming channels. Gives up after the reconnect
 /// deadline.
 async fn open_session(
-    config: &Config,
+    broker: &amqp::BrokerSettings,
     health: &Health,
     shutdown: &Shutdown,
 ) -> Result<(Session, Publisher), WorkerError> {
-    let deadline = config.broker.reconnect_deadline;
+    let deadline = broker.reconnect_deadline;
     let open = async {
-        let connection = broker::connect(
-            &config.broker,
-            "sms-dispatch worker",
-            broker::Recovery::Automatic,
-        )
-        .await?;
+        let connection =
+            amqp::connect(broker, "sms-dispatch worker", amqp::Recovery::Automatic).await?;
         let publisher = Publisher::open(&connection).await?;
-        topology::declare(publisher.channel(), config.broker.queue_type)
+        topology::declare(publisher.channel(), broker.queue_type)
             .await
             .map_err(|e| OpenError::Topology(topology::explain(&e)))?;
         let channel = connection.create_channel().await?;
         channel
-            .basic_qos(config.broker.prefetch, BasicQosOptions::default())
+            .basic_qos(broker.prefetch, BasicQosOptions::default())
             .await?;
         Ok::<_, OpenError>((connection, publisher, channel))
     };
@@ -212,19 +200,10 @@ async fn open_session(
         opened = tokio::time::timeout(deadline, open) => match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(OpenError::Broker(e))) => return Err(WorkerError::Broker(e)),
-            Ok(Err(OpenError::Topology(text))) => {
-                return Err(WorkerError::Setup(format!("declaring the topology: {text}")));
-            }
-            Err(_) => {
-                return Err(WorkerError::Incident(format!(
-                    "could not connect to the broker within {} s",
-                    deadline.as_secs()
-                )));
-            }
+            Ok(Err(OpenError::Topology(text))) => return Err(WorkerError::Topology(text)),
+            Err(_) => return Err(WorkerError::ConnectDeadline(deadline)),
         },
-        () = shutdown.requested() => {
-            return Err(WorkerError::Incident("stopped before the broker connection was up".to_owned()));
-        }
+        () = shutdown.requested() => return Err(WorkerError::StoppedBeforeConnected),
     };
     health.set_connected(true);
     let stuck = CancellationToken::new();
@@ -270,7 +249,7 @@ const ABANDONED_WATCH: Duration = Duration::from_secs(15 * 60);
 
 /// Consumes on `session` until shutdown, or until its connection is stuck.
 async fn consume(
-    config: &Config,
+    broker: &amqp::BrokerSettings,
     worker: &Arc<Worker>,
     session: &Session,
     tracker: &TaskTracker,
@@ -363,7 +342,7 @@ async fn consume(
                     // an incident. Declare again and consume again.
                     health.set_consuming(false);
                     error!(queue = topology::QUEUE, "the broker ended the consumer; consuming again");
-                    topology::declare(channel, config.broker.queue_type).await.map_err(lost)?;
+                    topology::declare(channel, broker.queue_type).await.map_err(lost)?;
                     consumer = None;
                 }
             },
@@ -383,7 +362,7 @@ async fn consume(
 fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
     let worker = Arc::clone(worker);
     tracker.spawn(async move {
-        worker.handle_guarded(delivery, false).await;
+        worker.handle_guarded(delivery, Handling::Normal).await;
     });
 }
 
@@ -437,8 +416,11 @@ async fn probe_until_resumed(
             }
         };
         let prober = Arc::clone(worker);
-        let probe =
-            tracker.spawn(async move { prober.handle_guarded(message.delivery, true).await });
+        let probe = tracker.spawn(async move {
+            prober
+                .handle_guarded(message.delivery, Handling::Probe)
+                .await
+        });
         match probe.await {
             Ok(Finished::Sent) => {
                 worker.pause().resume();

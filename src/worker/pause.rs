@@ -10,17 +10,17 @@
 
 use tokio::sync::watch;
 
-use crate::health::Health;
+use crate::observe::health::Health;
 
 /// The worker's pause state. Clones share it.
 #[derive(Clone)]
-pub struct Pause {
+pub(crate) struct Pause {
     reason: watch::Sender<Option<String>>,
     health: Health,
 }
 
 impl Pause {
-    pub fn new(health: Health) -> Pause {
+    pub(crate) fn new(health: Health) -> Pause {
         Pause {
             reason: watch::Sender::new(None),
             health,
@@ -30,7 +30,7 @@ impl Pause {
     /// Pauses for `reason` (text an operator can act on, no personal data).
     /// Returns true when this call paused the worker, false when it already
     /// was: only the first caller logs.
-    pub fn trip(&self, reason: &str) -> bool {
+    pub(crate) fn trip(&self, reason: &str) -> bool {
         let tripped = self.reason.send_if_modified(|current| {
             if current.is_some() {
                 false
@@ -48,7 +48,7 @@ impl Pause {
     }
 
     /// Resumes. Returns true when the worker was paused.
-    pub fn resume(&self) -> bool {
+    pub(crate) fn resume(&self) -> bool {
         let resumed = self
             .reason
             .send_if_modified(|current| current.take().is_some());
@@ -58,17 +58,17 @@ impl Pause {
         resumed
     }
 
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.reason.borrow().is_some()
     }
 
     /// The reason, while paused.
-    pub fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<String> {
         self.reason.borrow().clone()
     }
 
     /// Resolves when the worker is (or becomes) paused.
-    pub async fn tripped(&self) {
+    pub(crate) async fn tripped(&self) {
         let mut rx = self.reason.subscribe();
         // The sender lives in `self`, so this cannot fail while we wait.
         let _ = rx.wait_for(Option::is_some).await;
@@ -78,7 +78,7 @@ impl Pause {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observe::metrics::Metrics;
     use std::time::Duration;
 
     #[tokio::test]

@@ -16,11 +16,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The longest a rate limit holds every call of the worker.
-pub const MAX_HOLD: Duration = Duration::from_secs(30);
+pub(super) const MAX_HOLD: Duration = Duration::from_secs(30);
 
 /// The shared limit on concurrent Twilio calls.
 #[derive(Debug)]
-pub struct Throttle {
+pub(super) struct Throttle {
     state: Mutex<State>,
     notify: Notify,
     max: usize,
@@ -36,7 +36,7 @@ struct State {
 
 /// One call's place under the limit; released on drop.
 #[derive(Debug)]
-pub struct Permit<'a> {
+pub(super) struct Permit<'a> {
     throttle: &'a Throttle,
 }
 
@@ -49,14 +49,14 @@ impl Drop for Permit<'_> {
 
 /// What a rate limit did to the throttle, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cut {
+pub(super) struct Cut {
     pub limit: usize,
     pub hold: Option<Duration>,
 }
 
 impl Throttle {
     /// A throttle that allows up to `max` concurrent calls.
-    pub fn new(max: usize) -> Throttle {
+    pub(super) fn new(max: usize) -> Throttle {
         let max = max.max(1);
         Throttle {
             state: Mutex::new(State {
@@ -75,7 +75,7 @@ impl Throttle {
     }
 
     /// Waits for a place under the limit and past any hold.
-    pub async fn acquire(&self) -> Permit<'_> {
+    pub(super) async fn acquire(&self) -> Permit<'_> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -101,7 +101,7 @@ impl Throttle {
     }
 
     /// Twilio rate-limited a call. Returns the cut when this call made one.
-    pub fn rate_limited(&self, retry_after: Option<Duration>) -> Option<Cut> {
+    pub(super) fn rate_limited(&self, retry_after: Option<Duration>) -> Option<Cut> {
         let now = Instant::now();
         let mut s = self.lock();
         if let Some(ra) = retry_after {
@@ -125,7 +125,7 @@ impl Throttle {
     }
 
     /// Twilio accepted a call: raise the limit by one, up to the maximum.
-    pub fn accepted(&self) {
+    pub(super) fn accepted(&self) {
         let mut s = self.lock();
         if s.limit < self.max {
             s.limit += 1;
@@ -135,7 +135,8 @@ impl Throttle {
     }
 
     /// The current limit.
-    pub fn limit(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn limit(&self) -> usize {
         self.lock().limit
     }
 }

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
 
 /// Why the worker is not ready, as `/readyz` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NotReady {
+pub(crate) struct NotReady {
     /// `disconnected`, `not_consuming` or `paused`.
     pub reason: &'static str,
     /// For a human: what is going on and what clears it.
@@ -28,13 +28,13 @@ struct State {
 
 /// Shared readiness state. Clones share it.
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     state: Arc<Mutex<State>>,
     metrics: Metrics,
 }
 
 impl Health {
-    pub fn new(metrics: Metrics) -> Health {
+    pub(crate) fn new(metrics: Metrics) -> Health {
         Health {
             state: Arc::new(Mutex::new(State::default())),
             metrics,
@@ -46,18 +46,18 @@ impl Health {
         f(&mut state)
     }
 
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.with(|s| s.connected = connected);
         self.metrics.amqp_connected.set(i64::from(connected));
     }
 
-    pub fn set_consuming(&self, consuming: bool) {
+    pub(crate) fn set_consuming(&self, consuming: bool) {
         self.with(|s| s.consuming = consuming);
     }
 
     /// Marks the worker paused with a reason an operator can act on, or
     /// resumed with `None`.
-    pub fn set_paused(&self, reason: Option<String>) {
+    pub(crate) fn set_paused(&self, reason: Option<String>) {
         let paused = reason.is_some();
         self.with(|s| s.paused = reason);
         self.metrics.worker_paused.set(i64::from(paused));
@@ -65,7 +65,7 @@ impl Health {
 
     /// `Ok` when ready; else the first reason that holds, in the order an
     /// operator should look at them.
-    pub fn readiness(&self) -> Result<(), NotReady> {
+    pub(crate) fn readiness(&self) -> Result<(), NotReady> {
         self.with(|s| {
             if !s.connected {
                 Err(NotReady {

@@ -23,10 +23,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::broker::SharedPublisher;
-use crate::health::Health;
+use super::health::Health;
+use super::metrics::Metrics;
+use crate::amqp::SharedPublisher;
+use crate::amqp::headers::{self, HEADER_TRACEPARENT};
 use crate::job::{Envelope, Job, JobId};
-use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 #[derive(Clone)]
@@ -37,7 +38,7 @@ struct AppState {
 
 /// What `POST /v1/send` needs.
 #[derive(Clone)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     /// The bearer token callers must present.
     pub token: SecretString,
     /// The worker's current publisher.
@@ -55,7 +56,7 @@ const INGEST_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const INGEST_BODY_LIMIT: usize = 64 * 1024;
 
 /// The routes; `/v1/send` only with `ingest`.
-pub fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -> Router {
+pub(crate) fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -> Router {
     let mut router = Router::new()
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(healthz))
@@ -74,7 +75,7 @@ pub fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -> Route
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (the
 /// real port when `addr` has port 0) and the server task.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: Shutdown,
@@ -164,11 +165,7 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
     };
     let mut job_headers = FieldTable::default();
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        crate::topology::set_str(
-            &mut job_headers,
-            crate::topology::HEADER_TRACEPARENT,
-            traceparent,
-        );
+        headers::set_str(&mut job_headers, HEADER_TRACEPARENT, traceparent);
     }
     let published = tokio::time::timeout(
         INGEST_CONFIRM_TIMEOUT,

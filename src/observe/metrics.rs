@@ -21,19 +21,19 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::dead_letter::Reason;
+use crate::amqp::dead_letter::Reason;
 use crate::encoding::Encoding;
 use crate::job::TemplateType;
 
 /// `{type}`: a Logto template type, or `unknown` for a job that did not decode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TypeLabel {
+pub(crate) struct TypeLabel {
     pub r#type: &'static str,
 }
 
 /// `{class, twilio_code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
+pub(crate) struct FailureLabels {
     /// `transient`, `permanent`, `config` or `network`.
     pub class: &'static str,
     /// Twilio's five-digit code, or `none`.
@@ -42,13 +42,13 @@ pub struct FailureLabels {
 
 /// `{reason}`: a dead-letter reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     pub reason: &'static str,
 }
 
 /// `{encoding}`: `gsm7` or `ucs2`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EncodingLabel {
+pub(crate) struct EncodingLabel {
     pub encoding: &'static str,
 }
 
@@ -59,7 +59,7 @@ struct VersionLabel {
 
 /// Every metric the worker moves. Clones share the same values.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: std::sync::Arc<Registry>,
     pub jobs_received: Family<TypeLabel, Counter>,
     pub sent: Family<TypeLabel, Counter>,
@@ -82,7 +82,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let jobs_received = Family::<TypeLabel, Counter>::default();
         let sent = Family::<TypeLabel, Counter>::default();
@@ -214,7 +214,7 @@ impl Metrics {
     }
 
     /// Counts a job taken from the queue.
-    pub fn received(&self, kind: Option<TemplateType>) {
+    pub(crate) fn received(&self, kind: Option<TemplateType>) {
         let r#type = kind.map_or("unknown", TemplateType::as_str);
         self.jobs_received
             .get_or_create(&TypeLabel { r#type })
@@ -222,7 +222,7 @@ impl Metrics {
     }
 
     /// Counts a job Twilio accepted, its segments and its age.
-    pub fn sent(
+    pub(crate) fn sent(
         &self,
         kind: TemplateType,
         encoding: Encoding,
@@ -247,7 +247,7 @@ impl Metrics {
     }
 
     /// Counts a failed Twilio call.
-    pub fn send_failed(&self, class: &'static str, twilio_code: Option<u32>) {
+    pub(crate) fn send_failed(&self, class: &'static str, twilio_code: Option<u32>) {
         let twilio_code = match twilio_code {
             Some(code) if (10_000..100_000).contains(&code) => code.to_string(),
             Some(_) => "other".to_owned(),
@@ -259,7 +259,7 @@ impl Metrics {
     }
 
     /// Counts a dead letter.
-    pub fn dead_lettered(&self, reason: &'static str) {
+    pub(crate) fn dead_lettered(&self, reason: &'static str) {
         self.dead_lettered
             .get_or_create(&ReasonLabel { reason })
             .inc();
@@ -268,7 +268,7 @@ impl Metrics {
     /// The exposition for a scraper that sent `accept`: OpenMetrics when it
     /// asks for it, else the classic text format. Returns the content type and
     /// the body.
-    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+    pub(crate) fn render(&self, accept: Option<&str>) -> (&'static str, String) {
         let mut open_metrics = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry);

@@ -9,11 +9,12 @@ use std::fmt;
 use std::time::SystemTime;
 
 use lapin::BasicProperties;
-use lapin::types::FieldTable;
 
-use crate::topology::{
-    self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_FIRST_SEEN, HEADER_REASON, HEADER_TWILIO_CODE,
+use super::headers::{
+    self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_ERROR, HEADER_FIRST_SEEN, HEADER_REASON,
+    HEADER_TWILIO_CODE, unix_millis, without,
 };
+use super::received::Received;
 
 /// Why a job was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the contract's order.
     pub const ALL: [Reason; 6] = [
         Reason::InvalidJob,
         Reason::NoTemplate,
@@ -54,6 +56,7 @@ impl Reason {
         }
     }
 
+    /// The reason spelled `s`, if it is one.
     pub fn parse(s: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == s)
     }
@@ -68,11 +71,13 @@ impl fmt::Display for Reason {
 /// The facts written into a dead letter.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
+    /// Why the job was given up on.
     pub reason: Reason,
     /// What went wrong, without personal data.
     pub error: &'a str,
     /// Twilio calls made for the job.
     pub attempts: u32,
+    /// Twilio's error code, when it gave one.
     pub twilio_code: Option<u32>,
     /// When the job was first received. Written to `x-sms-first-seen` when
     /// the message carries no publish time and no such header, so that a
@@ -80,56 +85,55 @@ pub struct DeadLetter<'a> {
     pub first_seen: SystemTime,
 }
 
-impl DeadLetter<'_> {
+impl<'a> DeadLetter<'a> {
+    /// A dead letter for `reason` with the attempts and first receipt the
+    /// delivery carried, and no Twilio code.
+    pub(crate) fn new(reason: Reason, error: &'a str, received: &Received) -> DeadLetter<'a> {
+        DeadLetter {
+            reason,
+            error,
+            attempts: received.attempts,
+            twilio_code: None,
+            first_seen: received.first_seen,
+        }
+    }
+
     /// The original properties with the dead-letter headers added (and the
     /// broker's redelivery counter removed).
     pub fn properties(&self, original: &BasicProperties) -> BasicProperties {
         let mut headers = without(
             original.headers().as_ref(),
-            &[topology::HEADER_DELIVERY_COUNT, HEADER_TWILIO_CODE],
+            &[HEADER_DELIVERY_COUNT, HEADER_TWILIO_CODE],
         );
-        topology::set_str(&mut headers, HEADER_REASON, self.reason.as_str());
-        topology::set_str(&mut headers, HEADER_ERROR, self.error);
-        topology::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(self.attempts));
+        headers::set_str(&mut headers, HEADER_REASON, self.reason.as_str());
+        headers::set_str(&mut headers, HEADER_ERROR, self.error);
+        headers::set_i64(&mut headers, HEADER_ATTEMPTS, i64::from(self.attempts));
         if let Some(code) = self.twilio_code {
-            topology::set_i64(&mut headers, HEADER_TWILIO_CODE, i64::from(code));
+            headers::set_i64(&mut headers, HEADER_TWILIO_CODE, i64::from(code));
         }
         let anchored = original.timestamp().is_some() || headers.contains_key(HEADER_FIRST_SEEN);
         if !anchored {
-            let ms = self
-                .first_seen
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            topology::set_i64(&mut headers, HEADER_FIRST_SEEN, ms);
+            headers::set_i64(
+                &mut headers,
+                HEADER_FIRST_SEEN,
+                unix_millis(self.first_seen),
+            );
         }
         original.clone().with_headers(headers)
     }
 }
 
-/// A copy of `headers` without the named keys.
-pub fn without(headers: Option<&FieldTable>, names: &[&str]) -> FieldTable {
-    let map: std::collections::BTreeMap<_, _> = headers
-        .map(|h| {
-            h.inner()
-                .iter()
-                .filter(|(k, _)| !names.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    FieldTable::from(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{header_i64, header_str};
+    use crate::amqp::headers::{header_i64, header_str};
+    use lapin::types::FieldTable;
 
     #[test]
     fn adds_the_contract_headers_and_keeps_the_rest() {
         let mut headers = FieldTable::default();
-        topology::set_str(&mut headers, "traceparent", "00-abc-def-01");
-        topology::set_i64(&mut headers, "x-delivery-count", 3);
+        headers::set_str(&mut headers, "traceparent", "00-abc-def-01");
+        headers::set_i64(&mut headers, "x-delivery-count", 3);
         let original = BasicProperties::default()
             .with_message_id("job-1".into())
             .with_content_type("application/json".into())

@@ -16,51 +16,35 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::QueueType;
+use super::connection::QueueType;
+use super::headers::long_string;
 use crate::retry::DELAY_TIERS;
 
 /// Producers publish jobs here.
-pub const EXCHANGE: &str = "sms";
+pub(crate) const EXCHANGE: &str = "sms";
 /// …with this routing key.
-pub const ROUTING_KEY: &str = "send";
+pub(crate) const ROUTING_KEY: &str = "send";
 /// Workers consume jobs from here.
-pub const QUEUE: &str = "sms.send";
+pub(crate) const QUEUE: &str = "sms.send";
 /// Dead letters are published here.
-pub const DEAD_LETTER_EXCHANGE: &str = "sms.dlx";
+pub(crate) const DEAD_LETTER_EXCHANGE: &str = "sms.dlx";
 /// Operators read dead letters from here.
-pub const DEAD_LETTER_QUEUE: &str = "sms.dead";
-
-/// Why a job was dead-lettered (contract section 4).
-pub const HEADER_REASON: &str = "x-sms-reason";
-/// What went wrong, as text without personal data.
-pub const HEADER_ERROR: &str = "x-sms-error";
-/// Twilio calls made for the job (long).
-pub const HEADER_ATTEMPTS: &str = "x-sms-attempts";
-/// Twilio's error code, when it gave one (long).
-pub const HEADER_TWILIO_CODE: &str = "x-sms-twilio-code";
-/// When a worker first received the job, in milliseconds since the epoch
-/// (long): the expiry of a job without `expires_at` or AMQP timestamp is
-/// counted from it, across retries.
-pub const HEADER_FIRST_SEEN: &str = "x-sms-first-seen";
-/// W3C trace context of the request that asked for the code.
-pub const HEADER_TRACEPARENT: &str = "traceparent";
-/// Set by quorum queues on redelivery; dropped when we republish.
-pub const HEADER_DELIVERY_COUNT: &str = "x-delivery-count";
+pub(crate) const DEAD_LETTER_QUEUE: &str = "sms.dead";
 
 /// The delay queue for one tier, e.g. `sms.retry.16s`.
-pub fn delay_queue(tier: Duration) -> String {
+pub(crate) fn delay_queue(tier: Duration) -> String {
     format!("sms.retry.{}s", tier.as_secs())
 }
 
 /// What an operator can do when declaring fails because an exchange or
 /// queue already exists with other arguments (RabbitMQ's PRECONDITION_FAILED).
-pub const MISMATCH_HINT: &str = "an exchange or queue of that name exists with other arguments (another queue_type, or declared by hand or by an older version): delete it once it is empty, or set queue_type to match";
+pub(crate) const MISMATCH_HINT: &str = "an exchange or queue of that name exists with other arguments (another queue_type, or declared by hand or by an older version): delete it once it is empty, or set queue_type to match";
 
 /// Adds [`MISMATCH_HINT`] to a declaration error when it is a mismatch.
-pub fn explain(error: &lapin::Error) -> String {
+pub(crate) fn explain(error: &lapin::Error) -> String {
     let text = error.to_string();
     if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
         format!("{text} ({MISMATCH_HINT})")
@@ -155,7 +139,7 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
 /// (a job put back on every pause probe, a dead letter listed by `dlq list`)
 /// would be dropped or dead-lettered without our headers. (-1 is no way
 /// out: RabbitMQ 3.10 reads it as "drop at the first return".)
-pub const DELIVERY_LIMIT: i64 = 1_000_000;
+pub(crate) const DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// `x-queue-type`, and the delivery limit for quorum queues.
 fn base_args(queue_type: QueueType) -> FieldTable {
@@ -184,64 +168,4 @@ fn queue_args(queue_type: QueueType) -> FieldTable {
         args.insert("x-overflow".into(), long_string("reject-publish"));
     }
     args
-}
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
-
-/// The publish time from the AMQP `timestamp`. Producers disagree on its
-/// unit: seconds per the spec, milliseconds from some clients; anything past
-/// the year 5138 in seconds is taken as milliseconds.
-pub fn published_at(properties: &lapin::BasicProperties) -> Option<std::time::SystemTime> {
-    properties.timestamp().map(|t| {
-        if t > 100_000_000_000 {
-            std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(t)
-        } else {
-            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(t)
-        }
-    })
-}
-
-/// The first receipt recorded in [`HEADER_FIRST_SEEN`], if any.
-pub fn first_seen(headers: Option<&FieldTable>) -> Option<std::time::SystemTime> {
-    header_i64(headers, HEADER_FIRST_SEEN)
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// Reads a header as an integer, whatever integer type the publisher used.
-pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
-    match headers?.inner().get(name)? {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
-        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
-        _ => None,
-    }
-}
-
-/// Reads a header as text.
-pub fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
-    match headers?.inner().get(name)? {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-        AMQPValue::ShortString(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-/// Sets a header to a long integer.
-pub fn set_i64(headers: &mut FieldTable, name: &str, value: i64) {
-    headers.insert(ShortString::from(name), AMQPValue::LongLongInt(value));
-}
-
-/// Sets a header to text.
-pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
-    headers.insert(ShortString::from(name), long_string(value));
 }

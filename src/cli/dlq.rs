@@ -20,18 +20,21 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
-use crate::broker::Publisher;
-use crate::classify;
-use crate::cli::{CliError, connect_for_command, emit};
+use super::error::CliError;
+use super::output::emit;
+use super::values::ReasonArg;
+use crate::amqp::headers::{
+    self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_ERROR, HEADER_REASON, HEADER_TWILIO_CODE,
+};
+use crate::amqp::{Publisher, Received, connect_for_command, topology};
 use crate::config::Config;
-use crate::dead_letter::{self, Reason};
-use crate::job::{Envelope, Job};
+use crate::job::Job;
 use crate::phone::{PhoneNumber, mask_numbers_in};
-use crate::topology::{self, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_REASON};
+use crate::twilio::classify;
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum DlqCommand {
+pub(super) enum DlqCommand {
     /// List dead letters without removing them.
     List(ListArgs),
     /// Move dead letters back to sms/send (confirmed before removal); expired ones are refused.
@@ -42,11 +45,10 @@ pub enum DlqCommand {
 
 /// Filters shared by every command.
 #[derive(Debug, Clone, Default, Args)]
-pub struct Filter {
-    /// Only dead letters with this reason (invalid_job, no_template, expired,
-    /// rejected, retries_exhausted, blocked).
+pub(super) struct Filter {
+    /// Only dead letters with this reason.
     #[arg(long)]
-    pub reason: Option<String>,
+    pub reason: Option<ReasonArg>,
     /// Only dead letters with this Twilio error code.
     #[arg(long, value_name = "CODE")]
     pub twilio_code: Option<u32>,
@@ -56,7 +58,7 @@ pub struct Filter {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     #[command(flatten)]
     pub filter: Filter,
     /// Show at most N dead letters (the summary still counts them all).
@@ -70,7 +72,7 @@ pub struct ListArgs {
 /// Which dead letters a replay or purge acts on.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
-pub struct Selection {
+pub(super) struct Selection {
     /// These job ids (several after one flag, repeated, or comma-separated).
     #[arg(
         long = "id",
@@ -86,7 +88,7 @@ pub struct Selection {
 }
 
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub(super) struct ReplayArgs {
     #[command(flatten)]
     pub selection: Selection,
     #[command(flatten)]
@@ -97,7 +99,7 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PurgeArgs {
+pub(super) struct PurgeArgs {
     #[command(flatten)]
     pub selection: Selection,
     #[command(flatten)]
@@ -109,7 +111,7 @@ pub struct PurgeArgs {
 
 /// What a dead letter says about itself, masked for display.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(super) struct Entry {
     /// The job id (from the body, else the AMQP message id).
     pub id: Option<String>,
     pub kind: Option<String>,
@@ -134,45 +136,38 @@ pub struct Entry {
 
 impl Entry {
     /// Reads a dead letter.
-    pub fn read(
+    pub(super) fn read(
         body: &[u8],
         properties: &BasicProperties,
         now: SystemTime,
         default_ttl: Duration,
     ) -> Entry {
-        let headers = properties.headers().as_ref();
+        let table = properties.headers().as_ref();
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let field = |k: &str| json.as_ref().and_then(|v| v.get(k)).and_then(Value::as_str);
-        let message_id = properties.message_id().as_ref().map(|m| m.to_string());
-        let published_at = topology::published_at(properties);
-        let first_seen = topology::first_seen(headers);
-        let envelope = Envelope {
-            message_id: message_id.as_deref(),
-            published_at,
-            first_seen: first_seen.or(published_at),
-        };
-        let job = Job::decode(body, &envelope, default_ttl, now).ok();
-        let reason = topology::header_str(headers, HEADER_REASON)
+        let received = Received::read(properties, now);
+        let job = Job::decode(body, &received.envelope(), default_ttl, now).ok();
+        let reason = headers::header_str(table, HEADER_REASON)
             .map(str::to_owned)
-            .or_else(|| death_reason(headers).map(|r| format!("broker:{r}")))
+            .or_else(|| death_reason(table).map(|r| format!("broker:{r}")))
             .unwrap_or_else(|| "unknown".to_owned());
-        let born = published_at.or(first_seen);
+        let born = received
+            .published_at
+            .or(received.first_seen_carried.then_some(received.first_seen));
         Entry {
             id: job
                 .as_ref()
                 .map(|j| j.id.to_string())
                 .or_else(|| field("id").map(str::to_owned))
-                .or(message_id),
+                .or(received.message_id),
             kind: field("type").map(str::to_owned),
             to: json.as_ref().and_then(|v| v.get("to")).map(masked_number),
             reason,
-            twilio_code: topology::header_i64(headers, topology::HEADER_TWILIO_CODE)
+            twilio_code: headers::header_i64(table, HEADER_TWILIO_CODE)
                 .and_then(|c| u32::try_from(c).ok()),
-            attempts: topology::header_i64(headers, HEADER_ATTEMPTS)
-                .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(0),
+            attempts: received.attempts,
             age: born.and_then(|b| now.duration_since(b).ok()),
-            error: topology::header_str(headers, HEADER_ERROR)
+            error: headers::header_str(table, HEADER_ERROR)
                 .map(mask_numbers_in)
                 .unwrap_or_default(),
             valid: job.is_some(),
@@ -191,7 +186,7 @@ impl Entry {
     }
 
     fn matches(&self, filter: &Filter) -> bool {
-        filter.reason.as_ref().is_none_or(|r| *r == self.reason)
+        filter.reason.is_none_or(|r| r.as_str() == self.reason)
             && filter
                 .twilio_code
                 .is_none_or(|c| Some(c) == self.twilio_code)
@@ -201,7 +196,7 @@ impl Entry {
     }
 
     /// The JSON line of `dlq list --json`.
-    pub fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         json!({
             "id": self.id,
             "type": self.kind,
@@ -227,7 +222,7 @@ fn death_reason(headers: Option<&FieldTable>) -> Option<String> {
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
         return None;
     };
-    topology::header_str(Some(first), "reason").map(str::to_owned)
+    headers::header_str(Some(first), "reason").map(str::to_owned)
 }
 
 /// The body for display: every payload value hidden but the locale, the
@@ -355,20 +350,12 @@ async fn give_back(channel: &Channel, held: &[Held]) -> Result<(), lapin::Error>
 }
 
 /// Runs a `dlq` command.
-pub async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliError> {
+pub(super) async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliError> {
     let filter = match &command {
         DlqCommand::List(a) => &a.filter,
         DlqCommand::Replay(a) => &a.filter,
         DlqCommand::Purge(a) => &a.filter,
     };
-    if let Some(reason) = &filter.reason
-        && Reason::parse(reason).is_none()
-        && !reason.starts_with("broker:")
-    {
-        return Err(CliError::Usage(format!(
-            "--reason {reason}: not a dead-letter reason; use one of invalid_job, no_template, expired, rejected, retries_exhausted, blocked"
-        )));
-    }
     if let Some(to) = &filter.to
         && PhoneNumber::parse(to).is_err()
     {
@@ -384,8 +371,8 @@ pub async fn execute(config: &Config, command: DlqCommand) -> Result<(), CliErro
         ));
     }
 
-    let runtime = |e: lapin::Error| CliError::Runtime(anyhow::anyhow!("broker: {e}"));
-    let (connection, publisher) = connect_for_command(config, "sms-dispatch dlq").await?;
+    let runtime = |e: lapin::Error| CliError::runtime(format_args!("broker: {e}"));
+    let (connection, publisher) = connect_for_command(&config.broker, "sms-dispatch dlq").await?;
     let channel = connection.create_channel().await.map_err(runtime)?;
     let now = SystemTime::now();
     let held = take_all(&channel, now, config.default_ttl)
@@ -466,7 +453,7 @@ fn summary(held: &[Held], matching: &[&Held], shown: usize) -> String {
 /// --id`, up to a UUID's 36 characters), the masked number, the reason and the
 /// Twilio code; then an indented line with the type, attempts, age, the
 /// code's meaning and the error.
-pub fn table<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
+pub(super) fn table<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
     let mut out = format!("{:<36} {:<14} {:<17} {:>5}\n", "ID", "TO", "REASON", "CODE");
     for e in entries {
         let _ = writeln!(
@@ -546,14 +533,10 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
     let mut moved = 0;
     let mut failure = None;
     for h in &movable {
-        let properties = h
-            .delivery
-            .properties
-            .clone()
-            .with_headers(dead_letter::without(
-                h.delivery.properties.headers().as_ref(),
-                REPLAY_DROPS,
-            ));
+        let properties = h.delivery.properties.clone().with_headers(headers::without(
+            h.delivery.properties.headers().as_ref(),
+            REPLAY_DROPS,
+        ));
         // Confirmed first, then removed from the dead-letter queue.
         match publisher
             .publish(
@@ -586,7 +569,7 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
     let _ = writeln!(out, "replayed {moved} to sms/send; {}", refusals(&refused));
     emit(&out)?;
     match failure {
-        Some(f) => Err(CliError::Runtime(anyhow::anyhow!(f))),
+        Some(f) => Err(CliError::runtime(f)),
         None => Ok(()),
     }
 }
@@ -596,8 +579,8 @@ const REPLAY_DROPS: &[&str] = &[
     HEADER_REASON,
     HEADER_ERROR,
     HEADER_ATTEMPTS,
-    topology::HEADER_TWILIO_CODE,
-    topology::HEADER_DELIVERY_COUNT,
+    HEADER_TWILIO_CODE,
+    HEADER_DELIVERY_COUNT,
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -630,15 +613,15 @@ mod tests {
 
     fn dead(body: &str, reason: &str, code: Option<i64>) -> Entry {
         let mut headers = FieldTable::default();
-        topology::set_str(&mut headers, HEADER_REASON, reason);
-        topology::set_str(
+        headers::set_str(&mut headers, HEADER_REASON, reason);
+        headers::set_str(
             &mut headers,
             HEADER_ERROR,
             "Twilio 21211 (HTTP 400): The 'To' number +819012345678 is not valid",
         );
-        topology::set_i64(&mut headers, HEADER_ATTEMPTS, 1);
+        headers::set_i64(&mut headers, HEADER_ATTEMPTS, 1);
         if let Some(c) = code {
-            topology::set_i64(&mut headers, topology::HEADER_TWILIO_CODE, c);
+            headers::set_i64(&mut headers, HEADER_TWILIO_CODE, c);
         }
         let props = BasicProperties::default()
             .with_timestamp(1_000)

@@ -37,7 +37,7 @@
 
 /// What the worker does with a failed send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Class {
+pub(crate) enum Class {
     /// Retry later (backoff with jitter, never past `expires_at`).
     Transient,
     /// This job can never succeed (recipient or content): dead-letter as `rejected`.
@@ -48,7 +48,7 @@ pub enum Class {
 
 impl Class {
     /// Stable lower-case name used in metrics labels and logs: "transient" | "permanent" | "config".
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Class::Transient => "transient",
             Class::Permanent => "permanent",
@@ -59,7 +59,7 @@ impl Class {
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub code: u32,
     pub class: Class,
     /// Short meaning for humans (an operator's terminal, ≤ 60 chars), based on the dictionary's `message`.
@@ -77,7 +77,7 @@ const fn rule(code: u32, class: Class, meaning: &'static str) -> Rule {
 use Class::{Config, Permanent, Transient};
 
 /// The table, sorted by code, one row per code.
-pub static TABLE: &[Rule] = &[
+pub(crate) static TABLE: &[Rule] = &[
     // Rate of messages to the same number or a runaway sender; Twilio lifts it by itself.
     rule(14107, Transient, "SMS send rate limit exceeded"),
     // --- 20xxx: platform codes any REST call can return ---
@@ -301,7 +301,7 @@ pub static TABLE: &[Rule] = &[
 ];
 
 /// The row for a Twilio code, if the table has one (binary search).
-pub fn lookup(code: u32) -> Option<&'static Rule> {
+pub(crate) fn lookup(code: u32) -> Option<&'static Rule> {
     TABLE
         .binary_search_by_key(&code, |r| r.code)
         .ok()
@@ -310,7 +310,7 @@ pub fn lookup(code: u32) -> Option<&'static Rule> {
 
 /// The decision for an error answer: the table when the code is in it, else the rule by HTTP status.
 /// `http_status` is the HTTP status Twilio (or a proxy) answered; `code` is Twilio's `code` from the JSON error body, when there was one.
-pub fn classify(http_status: u16, code: Option<u32>) -> Class {
+pub(crate) fn classify(http_status: u16, code: Option<u32>) -> Class {
     match code.and_then(lookup) {
         Some(row) => row.class,
         None => by_http_status(http_status),
@@ -320,7 +320,7 @@ pub fn classify(http_status: u16, code: Option<u32>) -> Class {
 /// The rule for codes not in the table (and for bodies without a code): 429 and 5xx → Transient,
 /// 401 and 403 → Config (credentials/permissions are the same for every recipient), 404 → Config (the account SID in the URL does not exist),
 /// 408 → Transient, other 4xx → Permanent, anything else (1xx/2xx/3xx answered as an error) → Transient.
-pub fn by_http_status(http_status: u16) -> Class {
+pub(crate) fn by_http_status(http_status: u16) -> Class {
     match http_status {
         408 | 429 => Transient,
         401 | 403 | 404 => Config,
@@ -330,12 +330,13 @@ pub fn by_http_status(http_status: u16) -> Class {
 }
 
 /// The short meaning of a code, for display (`dlq list`): lookup(code).map(|r| r.meaning).
-pub fn meaning(code: u32) -> Option<&'static str> {
+pub(crate) fn meaning(code: u32) -> Option<&'static str> {
     lookup(code).map(|r| r.meaning)
 }
 
 /// The table as a Markdown table (columns: code | class | meaning), for the README; plus the rule for unknown codes as a sentence after it.
-pub fn markdown_table() -> String {
+#[cfg(test)]
+pub(crate) fn markdown_table() -> String {
     let mut out = String::from("| code | class | meaning |\n| ---: | --- | --- |\n");
     for row in TABLE {
         out.push_str(&format!(
@@ -360,7 +361,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const DICTIONARY: &str = include_str!("../tests/data/twilio-error-codes.json");
+    const DICTIONARY: &str = include_str!("../../tests/data/twilio-error-codes.json");
 
     /// Dictionary codes the Messages create call cannot return (inclusive ranges),
     /// with the reason. Every dictionary code is either in `TABLE` or here.
@@ -690,7 +691,7 @@ mod tests {
 mod readme {
     #[test]
     fn the_readme_shows_the_table_as_it_is() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         assert!(
             readme.contains(&super::markdown_table()),
             "README.md's classification table differs from classify::markdown_table(); regenerate it"

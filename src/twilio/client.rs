@@ -5,21 +5,21 @@
 //! [`SendError`] carrying the HTTP status, Twilio's code and message, and any
 //! `Retry-After`. A proxy's HTML page, an empty body or a dropped connection
 //! are outcomes too, never a panic. Deciding what an error *means* is
-//! [`crate::classify`]'s job, not this module's.
+//! [`super::classify`]'s job, not this module's.
 
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::classify::{self, Class};
-use crate::config::{Sender, TwilioAuth, TwilioSettings};
+use super::classify::{self, Class};
+use super::settings::{Sender, TwilioAuth, TwilioSettings};
 use crate::phone::{PhoneNumber, mask_numbers_in};
 use crate::retry::parse_retry_after;
 
 /// One message to send.
 #[derive(Debug, Clone, Copy)]
-pub struct Outgoing<'a> {
+pub(crate) struct Outgoing<'a> {
     pub to: &'a PhoneNumber,
     pub body: &'a str,
     /// Seconds left until the code expires; Twilio drops the message if it
@@ -29,7 +29,7 @@ pub struct Outgoing<'a> {
 
 /// Twilio accepted the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The message SID (`SM…`).
     pub sid: String,
     /// Twilio's status: `queued` or `accepted`.
@@ -40,7 +40,7 @@ pub struct Accepted {
 
 /// Twilio, or something between us and Twilio, refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// An HTTP answer other than 201.
     Http {
         status: u16,
@@ -62,7 +62,7 @@ pub enum SendError {
 
 impl SendError {
     /// The decision for this error: transient, permanent or config.
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         match self {
             SendError::Http { status, code, .. } => classify::classify(*status, *code),
             SendError::Network { .. } => Class::Transient,
@@ -70,7 +70,7 @@ impl SendError {
     }
 
     /// Twilio's error code, when it gave one.
-    pub fn twilio_code(&self) -> Option<u32> {
+    pub(crate) fn twilio_code(&self) -> Option<u32> {
         match self {
             SendError::Http { code, .. } => *code,
             SendError::Network { .. } => None,
@@ -78,7 +78,7 @@ impl SendError {
     }
 
     /// How long Twilio asked us to wait, when it did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             SendError::Http { retry_after, .. } => *retry_after,
             SendError::Network { .. } => None,
@@ -87,14 +87,14 @@ impl SendError {
 
     /// Whether this is a rate limit (HTTP 429 or code 20429): the whole
     /// worker slows down, not only this job.
-    pub fn is_rate_limit(&self) -> bool {
+    pub(crate) fn is_rate_limit(&self) -> bool {
         matches!(self, SendError::Http { status: 429, .. }) || self.twilio_code() == Some(20429)
     }
 
     /// Whether Twilio may have created the message despite the error (a
     /// timeout or a lost connection after sending, or a 5xx): a retry may
     /// then send a second SMS. A 429 was never processed.
-    pub fn may_have_sent(&self) -> bool {
+    pub(crate) fn may_have_sent(&self) -> bool {
         match self {
             SendError::Http { status, .. } => *status >= 500,
             SendError::Network { maybe_sent, .. } => *maybe_sent,
@@ -102,7 +102,7 @@ impl SendError {
     }
 
     /// A network failure rather than an answer.
-    pub fn is_network(&self) -> bool {
+    pub(crate) fn is_network(&self) -> bool {
         matches!(self, SendError::Network { .. })
     }
 }
@@ -128,7 +128,7 @@ impl std::fmt::Display for SendError {
 }
 
 /// What one call came to.
-pub type SendOutcome = Result<Accepted, SendError>;
+pub(super) type SendOutcome = Result<Accepted, SendError>;
 
 /// Twilio's error body.
 #[derive(Deserialize)]
@@ -148,7 +148,7 @@ struct MessageResource {
 /// A Twilio Messages API client. Cheap to clone; clones share one
 /// connection pool.
 #[derive(Clone)]
-pub struct TwilioClient {
+pub(crate) struct TwilioClient {
     http: reqwest::Client,
     url: String,
     username: String,
@@ -168,12 +168,12 @@ impl std::fmt::Debug for TwilioClient {
 /// The client could not be built (a TLS backend failed to initialise).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the HTTP client: {0}")]
-pub struct ClientBuildError(String);
+pub(crate) struct ClientBuildError(String);
 
 impl TwilioClient {
     /// Builds the client once, at start-up: pooled connections, connect and
     /// total timeouts from the settings.
-    pub fn new(settings: &TwilioSettings) -> Result<TwilioClient, ClientBuildError> {
+    pub(crate) fn new(settings: &TwilioSettings) -> Result<TwilioClient, ClientBuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -199,7 +199,7 @@ impl TwilioClient {
     }
 
     /// Sends one message and classifies nothing: see [`SendError::class`].
-    pub async fn send(&self, message: Outgoing<'_>) -> SendOutcome {
+    pub(crate) async fn send(&self, message: Outgoing<'_>) -> SendOutcome {
         let validity = message.validity.as_secs().clamp(1, 36_000).to_string();
         let (sender_field, sender) = match &self.sender {
             Sender::MessagingService(sid) => ("MessagingServiceSid", sid.as_str()),
@@ -318,7 +318,6 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TwilioSettings;
     use wiremock::matchers::{basic_auth, body_string_contains, header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 

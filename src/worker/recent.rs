@@ -16,7 +16,7 @@ use crate::job::JobId;
 
 /// A bounded, time-limited set of job ids.
 #[derive(Debug)]
-pub struct RecentlySent {
+pub(super) struct RecentlySent {
     inner: Mutex<Inner>,
     capacity: usize,
     max_age: Duration,
@@ -31,7 +31,7 @@ struct Inner {
 
 impl RecentlySent {
     /// Remembers up to `capacity` ids for up to `max_age` each.
-    pub fn new(capacity: usize, max_age: Duration) -> RecentlySent {
+    pub(super) fn new(capacity: usize, max_age: Duration) -> RecentlySent {
         RecentlySent {
             inner: Mutex::new(Inner::default()),
             capacity,
@@ -51,13 +51,13 @@ impl RecentlySent {
     }
 
     /// Whether `id` was sent recently.
-    pub fn contains(&self, id: &JobId) -> bool {
+    pub(super) fn contains(&self, id: &JobId) -> bool {
         let key = self.key(id);
         self.lock().ids.contains(&key)
     }
 
     /// Records that `id` was sent.
-    pub fn insert(&self, id: &JobId) {
+    pub(super) fn insert(&self, id: &JobId) {
         let key = self.key(id);
         let now = Instant::now();
         let mut inner = self.lock();

@@ -24,19 +24,27 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::LogFormat;
 use crate::trace_context::TraceParent;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// One JSON object per line: for containers and log shippers.
+    Json,
+    /// Compact text for a person at a terminal.
+    Pretty,
+}
 
 /// The installed telemetry; [`Telemetry::shutdown`] flushes exported spans.
 #[derive(Default)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Flushes and stops the exporter (blocking: call it off the async
     /// threads, e.g. with `spawn_blocking`).
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(e) = provider.shutdown()
         {
@@ -53,7 +61,7 @@ const OTLP_ENDPOINT_VARS: [&str; 2] = [
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     /// The worker: logs are its output.
     Stdout,
     /// Commands whose stdout is their answer (`send`, `dlq`).
@@ -63,14 +71,20 @@ pub enum LogTarget {
 /// Installs the global subscriber: logs to `target` in `format` (or the
 /// default for the terminal), filtered by `RUST_LOG` (default `info`), plus
 /// the OTLP exporter when configured. A second call changes nothing.
-pub fn init(format: Option<LogFormat>, target: LogTarget) -> Telemetry {
+pub(crate) fn init(format: Option<LogFormat>, target: LogTarget) -> Telemetry {
     let writer = move || -> Box<dyn std::io::Write> {
         match target {
             LogTarget::Stdout => Box::new(std::io::stdout()),
             LogTarget::Stderr => Box::new(std::io::stderr()),
         }
     };
-    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+    // Format and colour follow the stream the logs go to: a terminal gets
+    // pretty, coloured text; a pipe or file gets JSON without escape codes.
+    let terminal = match target {
+        LogTarget::Stdout => std::io::stdout().is_terminal(),
+        LogTarget::Stderr => std::io::stderr().is_terminal(),
+    };
+    let format = format.unwrap_or(if terminal {
         LogFormat::Pretty
     } else {
         LogFormat::Json
@@ -79,6 +93,7 @@ pub fn init(format: Option<LogFormat>, target: LogTarget) -> Telemetry {
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
+            .with_ansi(false)
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
@@ -88,6 +103,7 @@ pub fn init(format: Option<LogFormat>, target: LogTarget) -> Telemetry {
         tracing_subscriber::fmt::layer()
             .compact()
             .with_target(false)
+            .with_ansi(terminal)
             .with_writer(writer)
     });
     let provider = otlp_provider();
@@ -138,7 +154,7 @@ fn otlp_provider() -> Option<SdkTracerProvider> {
 /// Makes the producer's trace the parent of `span` for exported traces. (The
 /// log lines carry the trace id through the span's `trace_id` field either
 /// way.)
-pub fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) {
+pub(crate) fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) {
     let (Ok(trace_id), Ok(span_id)) = (
         TraceId::from_hex(&parent.trace_id),
         SpanId::from_hex(&parent.parent_id),

@@ -1,0 +1,59 @@
+//! What a delivery carries besides its body: the attempt count, the publish
+//! time, the first receipt and the trace context, read once from the AMQP
+//! properties. The job decoder's [`Envelope`] is built from it.
+
+use std::time::SystemTime;
+
+use lapin::BasicProperties;
+
+use super::headers::{self, HEADER_ATTEMPTS, HEADER_TRACEPARENT};
+use crate::job::Envelope;
+use crate::trace_context::TraceParent;
+
+/// What the broker and earlier workers say about a delivery.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    /// Twilio calls made for the job so far (`x-sms-attempts`).
+    pub(crate) attempts: u32,
+    /// AMQP `message_id`, the default job id.
+    pub(crate) message_id: Option<String>,
+    /// The AMQP `timestamp`.
+    pub(crate) published_at: Option<SystemTime>,
+    /// The first receipt: carried in `x-sms-first-seen`, else the publish
+    /// time, else now.
+    pub(crate) first_seen: SystemTime,
+    /// Whether the first-receipt time came with the message (publish time or
+    /// our header) rather than from this delivery.
+    pub(crate) first_seen_carried: bool,
+    /// The producer's W3C trace context, from the `traceparent` header.
+    pub(crate) trace: Option<TraceParent>,
+}
+
+impl Received {
+    /// Reads `properties` as of `now`.
+    pub(crate) fn read(properties: &BasicProperties, now: SystemTime) -> Received {
+        let table = properties.headers().as_ref();
+        let attempts = headers::header_i64(table, HEADER_ATTEMPTS)
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0);
+        let published_at = headers::published_at(properties);
+        let carried = headers::first_seen(table).or(published_at);
+        Received {
+            attempts,
+            message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+            published_at,
+            first_seen: carried.unwrap_or(now),
+            first_seen_carried: carried.is_some(),
+            trace: headers::header_str(table, HEADER_TRACEPARENT).and_then(TraceParent::parse),
+        }
+    }
+
+    /// What the job decoder needs of it.
+    pub(crate) fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            message_id: self.message_id.as_deref(),
+            published_at: self.published_at,
+            first_seen: Some(self.first_seen),
+        }
+    }
+}

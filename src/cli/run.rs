@@ -1,0 +1,60 @@
+//! `run`: the worker. Starts the HTTP listener (metrics, health, ingest),
+//! then consumes until SIGTERM or SIGINT.
+
+use super::error::CliError;
+use crate::amqp::SharedPublisher;
+use crate::config::Config;
+use crate::observe::health::Health;
+use crate::observe::http;
+use crate::observe::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::twilio::TwilioClient;
+use crate::worker::Gateway;
+use crate::worker::consumer::{self, RunOptions};
+
+/// Runs the worker until it is stopped; `dry_run` logs instead of sending.
+pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
+    let settings = config.worker_settings()?;
+    let gateway = if dry_run {
+        Gateway::DryRun
+    } else {
+        let twilio = config.twilio_required()?;
+        Gateway::Twilio(TwilioClient::new(twilio).map_err(CliError::runtime)?)
+    };
+    let metrics = Metrics::new();
+    let health = Health::new(metrics.clone());
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let publisher = SharedPublisher::new();
+    let ingest = config.ingest_token.clone().map(|token| http::Ingest {
+        token,
+        publisher: publisher.clone(),
+        default_ttl: config.default_ttl,
+    });
+    let (_, server) = http::serve(
+        config.http_addr,
+        http::router(metrics.clone(), health.clone(), ingest),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| {
+        CliError::Usage(format!(
+            "SMS_DISPATCH_HTTP_ADDR {}: cannot listen: {e}",
+            config.http_addr
+        ))
+    })?;
+    let result = consumer::run(
+        settings,
+        RunOptions {
+            gateway,
+            metrics,
+            health,
+            shutdown: shutdown.clone(),
+            publisher,
+        },
+    )
+    .await;
+    shutdown.trigger();
+    let _ = server.await;
+    result.map_err(|e| CliError::Runtime(anyhow::Error::new(e)))
+}

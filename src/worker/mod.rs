@@ -1,0 +1,331 @@
+//! The worker: the life of one job, and the loop that feeds it.
+//!
+//! [`Worker::handle`] is the life of one job, in order: decode → choose the
+//! template → send (retrying transient failures, [`send`]) → ack, park for a
+//! later retry, dead-letter, or put back ([`settle`]). Every ack follows a
+//! safe outcome: Twilio's 201, or the broker's confirm of the dead letter or
+//! the parked retry. The loop that feeds it deliveries, pauses and rides out
+//! broker outages is [`consumer`]; [`throttle`] slows every call after a rate
+//! limit, [`pause`] stops consuming on an account fault, and [`recent`]
+//! remembers what this process sent.
+
+pub(crate) mod consumer;
+pub(crate) mod pause;
+mod recent;
+mod send;
+mod settle;
+mod throttle;
+
+use std::time::{Duration, SystemTime};
+
+use lapin::message::Delivery;
+use tracing::{Instrument, error, info, info_span};
+
+use crate::amqp::dead_letter::{DeadLetter, Reason};
+use crate::amqp::{BrokerSettings, Received, SharedPublisher};
+use crate::encoding;
+use crate::job::Job;
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry;
+use crate::retry::RetryPolicy;
+use crate::templates::Templates;
+use crate::trace_context::TraceParent;
+use crate::twilio::{Accepted, TwilioClient};
+use pause::Pause;
+use recent::RecentlySent;
+use send::{Next, SendResult};
+use throttle::Throttle;
+
+/// What the worker needs besides its connections; assembled by
+/// [`crate::config`].
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    /// The broker, the prefetch and the queue type.
+    pub(crate) broker: BrokerSettings,
+    /// The message texts.
+    pub(crate) templates: Templates,
+    /// When and how often a transient failure is tried again.
+    pub(crate) retry: RetryPolicy,
+    /// The life of a job without `expires_at`, from its publish time.
+    pub(crate) default_ttl: Duration,
+    /// How long jobs in flight may take to finish on SIGTERM.
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// How a job leaves the worker's hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finished {
+    /// Twilio accepted it; acked.
+    Sent,
+    /// Acked without sending: this process sent it already.
+    Duplicate,
+    /// Dead-lettered (confirmed), then acked.
+    DeadLettered(Reason),
+    /// Parked in a delay queue (confirmed), then acked.
+    Parked,
+    /// Put back in the queue unchanged: the worker is paused.
+    Requeued,
+    /// Left unacked: the broker connection was lost, so the broker will
+    /// deliver it again.
+    Abandoned,
+    /// The handler panicked (a bug); the job was rejected to `sms.dead`.
+    Panicked,
+}
+
+/// Where messages go: Twilio, or (with `--dry-run`) the log.
+pub(crate) enum Gateway {
+    /// The Messages API.
+    Twilio(TwilioClient),
+    /// Renders and logs, masked, instead of calling Twilio.
+    DryRun,
+}
+
+/// Why a job is being handled: as one of the stream, or as the probe that
+/// tests whether the fault behind a pause is gone (a probe is sent even
+/// though the worker is paused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handling {
+    /// A job from the consumer: put back while the worker is paused.
+    Normal,
+    /// The one job taken with `basic.get` while paused.
+    Probe,
+}
+
+/// What one job needs, shared by every job of a worker.
+pub(crate) struct Worker {
+    settings: WorkerSettings,
+    gateway: Gateway,
+    /// The current connection's publisher.
+    publisher: SharedPublisher,
+    metrics: Metrics,
+    pause: Pause,
+    throttle: Throttle,
+    recent: RecentlySent,
+}
+
+impl Worker {
+    /// A worker sending through `gateway` and publishing with `publisher`.
+    pub(crate) fn new(
+        settings: WorkerSettings,
+        gateway: Gateway,
+        publisher: SharedPublisher,
+        metrics: Metrics,
+        pause: Pause,
+    ) -> Worker {
+        let prefetch = usize::from(settings.broker.prefetch);
+        Worker {
+            settings,
+            gateway,
+            publisher,
+            metrics,
+            pause,
+            throttle: Throttle::new(prefetch),
+            // Redeliveries after a lost connection are the jobs that were in
+            // flight: a few prefetches' worth of ids covers them with room.
+            recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
+        }
+    }
+
+    /// The pause switch.
+    pub(crate) fn pause(&self) -> &Pause {
+        &self.pause
+    }
+
+    /// [`Worker::handle`], counted in `sms_in_flight`, with a guard: a bug
+    /// that panics must not leave the delivery unacked for ever. The broker
+    /// dead-letters a rejected job to `sms.dead` (`x-death` reason
+    /// `rejected`), so it is neither lost nor retried in a loop.
+    pub(crate) async fn handle_guarded(&self, delivery: Delivery, handling: Handling) -> Finished {
+        use futures_lite::FutureExt as _;
+        let acker = delivery.acker.clone();
+        self.metrics.in_flight.inc();
+        let outcome = std::panic::AssertUnwindSafe(self.handle(delivery, handling))
+            .catch_unwind()
+            .await;
+        self.metrics.in_flight.dec();
+        match outcome {
+            Ok(finished) => finished,
+            Err(_) => {
+                error!("the job handler panicked; rejecting the job to the dead-letter queue");
+                settle::reject(&acker).await
+            }
+        }
+    }
+
+    /// The life of one job. Returns how it left the worker.
+    pub(crate) async fn handle(&self, delivery: Delivery, handling: Handling) -> Finished {
+        let now = SystemTime::now();
+        let received = Received::read(&delivery.properties, now);
+
+        // 1. Decode.
+        let job = match Job::decode(
+            &delivery.data,
+            &received.envelope(),
+            self.settings.default_ttl,
+            now,
+        ) {
+            Ok(job) => job,
+            Err(invalid) => {
+                self.metrics.received(None);
+                let span = info_span!("job", attempt = received.attempts + 1);
+                let error = invalid.to_string();
+                let letter = DeadLetter::new(Reason::InvalidJob, &error, &received);
+                return self.dead_letter(&delivery, letter).instrument(span).await;
+            }
+        };
+        let trace = received.trace.clone().or_else(|| {
+            job.payload
+                .vars()
+                .get("traceparent")
+                .and_then(|v| v.as_str())
+                .and_then(TraceParent::parse)
+        });
+        let span = info_span!(
+            "job",
+            job_id = %job.id,
+            r#type = job.kind.as_str(),
+            to = %job.to.masked(),
+            attempt = received.attempts + 1,
+            redelivered = delivery.redelivered,
+            trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
+            message_sid = tracing::field::Empty,
+        );
+        if let Some(parent) = &trace {
+            telemetry::set_remote_parent(&span, parent);
+        }
+        self.life_of(delivery, job, received, handling)
+            .instrument(span)
+            .await
+    }
+
+    async fn life_of(
+        &self,
+        delivery: Delivery,
+        job: Job,
+        received: Received,
+        handling: Handling,
+    ) -> Finished {
+        self.metrics.received(Some(job.kind));
+        if job.id_is_distinct && self.recent.contains(&job.id) {
+            info!(
+                outcome = "duplicate",
+                "already sent by this worker; acking the redelivery without sending"
+            );
+            return self.ack(&delivery, Finished::Duplicate).await;
+        }
+
+        // 2. Never a stale code.
+        if job.is_expired(SystemTime::now()) {
+            let letter = DeadLetter::new(
+                Reason::Expired,
+                "expired before it could be sent",
+                &received,
+            );
+            return self.dead_letter(&delivery, letter).await;
+        }
+
+        // 3. Choose the template.
+        let Some(template) = self
+            .settings
+            .templates
+            .select(job.kind, job.payload.locale())
+        else {
+            let error = no_template_error(&job);
+            let letter = DeadLetter::new(Reason::NoTemplate, &error, &received);
+            return self.dead_letter(&delivery, letter).await;
+        };
+        let body = template.render(&job.payload);
+
+        // 4. Send, retrying transient failures for as long as the budget and
+        //    the code's life allow.
+        let result = match &self.gateway {
+            Gateway::DryRun => {
+                info!(body = %template.render_masked(&job.payload), "dry run: not calling Twilio");
+                SendResult::Sent(
+                    Accepted {
+                        sid: "dry-run".to_owned(),
+                        status: "dry-run".to_owned(),
+                        segments: None,
+                    },
+                    received.attempts,
+                )
+            }
+            Gateway::Twilio(client) => {
+                self.send(client, &job, &body, received.attempts, handling)
+                    .await
+            }
+        };
+
+        // 5. Ack, park, dead-letter or put back.
+        match result {
+            SendResult::Sent(accepted, attempts) => {
+                if job.id_is_distinct {
+                    self.recent.insert(&job.id);
+                }
+                tracing::Span::current().record("message_sid", accepted.sid.as_str());
+                let counted = encoding::segments(&body);
+                let segments = accepted.segments.map_or(counted.count as u64, u64::from);
+                let age = SystemTime::now()
+                    .duration_since(received.published_at.unwrap_or(received.first_seen))
+                    .ok();
+                self.metrics.sent(job.kind, counted.encoding, segments, age);
+                info!(
+                    outcome = "sent",
+                    attempts,
+                    segments,
+                    encoding = counted.encoding.as_str(),
+                    age_ms = age.map(|a| a.as_millis() as u64),
+                    "sent"
+                );
+                self.ack(&delivery, Finished::Sent).await
+            }
+            SendResult::Expired(attempts) => {
+                let letter = DeadLetter {
+                    attempts,
+                    ..DeadLetter::new(
+                        Reason::Expired,
+                        "expired before the next attempt",
+                        &received,
+                    )
+                };
+                self.dead_letter(&delivery, letter).await
+            }
+            SendResult::Paused => self.put_back(&delivery, &job, &received).await,
+            SendResult::Failed {
+                error,
+                attempts,
+                next,
+            } => match next {
+                Next::DeadLetter(reason) => {
+                    let text = error.to_string();
+                    let letter = DeadLetter {
+                        attempts,
+                        twilio_code: error.twilio_code(),
+                        ..DeadLetter::new(reason, &text, &received)
+                    };
+                    self.dead_letter(&delivery, letter).await
+                }
+                Next::Park { delay, tier } => {
+                    self.park(&delivery, &received, &error, attempts, delay, tier)
+                        .await
+                }
+                Next::Requeue => self.put_back(&delivery, &job, &received).await,
+            },
+        }
+    }
+}
+
+/// The dead letter's text for a job no template fits. The end user's locale
+/// is repeated only when it looks like a language tag.
+fn no_template_error(job: &Job) -> String {
+    let locale = job.payload.locale().map_or("none", |l| {
+        let is_tag = l.len() <= 35
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if is_tag { l } else { "not a language tag" }
+    });
+    format!(
+        "no template for type {} (locale {locale}) and no Generic template",
+        job.kind
+    )
+}

@@ -1,0 +1,177 @@
+//! Sending: calls Twilio until it accepts, refuses for good, or a retry must
+//! wait longer than the in-process budget; then says what to do next.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use super::{Handling, Worker};
+use crate::amqp::dead_letter::Reason;
+use crate::job::Job;
+use crate::retry::RetryDecision;
+use crate::twilio::{Accepted, Class, Outgoing, SendError, TwilioClient};
+
+/// The outcome of the send step.
+pub(super) enum SendResult {
+    /// Twilio accepted it, after this many attempts in all.
+    Sent(Accepted, u32),
+    /// Twilio refused or failed; `next` says what becomes of the job.
+    Failed {
+        error: SendError,
+        attempts: u32,
+        next: Next,
+    },
+    /// The code went stale before an attempt.
+    Expired(u32),
+    /// The worker is paused; the job goes back untouched.
+    Paused,
+}
+
+/// What to do with a failed job.
+pub(super) enum Next {
+    DeadLetter(Reason),
+    Park { delay: Duration, tier: Duration },
+    Requeue,
+}
+
+/// Where a retry waits, for its log line.
+#[derive(Clone, Copy)]
+pub(super) enum RetryIn<'a> {
+    /// Sleeping in this process.
+    Process,
+    /// Parked in this delay queue.
+    Queue(&'a str),
+}
+
+impl Worker {
+    /// Calls Twilio until it accepts, refuses for good, or a retry must wait
+    /// longer than the in-process budget.
+    pub(super) async fn send(
+        &self,
+        client: &TwilioClient,
+        job: &Job,
+        body: &str,
+        mut attempts: u32,
+        handling: Handling,
+    ) -> SendResult {
+        loop {
+            if let Some(stop) = self.before_attempt(job, attempts, handling) {
+                return stop;
+            }
+            let permit = self.throttle.acquire().await;
+            // The wait may have been long: look again.
+            if let Some(stop) = self.before_attempt(job, attempts, handling) {
+                return stop;
+            }
+            attempts += 1;
+            let started = Instant::now();
+            let result = client
+                .send(Outgoing {
+                    to: &job.to,
+                    body,
+                    validity: job.time_left(SystemTime::now()),
+                })
+                .await;
+            drop(permit);
+            self.metrics
+                .twilio_request_duration
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(accepted) => {
+                    self.throttle.accepted();
+                    return SendResult::Sent(accepted, attempts);
+                }
+                Err(error) => error,
+            };
+            let class = error.class();
+            let class_label = if error.is_network() {
+                "network"
+            } else {
+                class.as_str()
+            };
+            self.metrics.send_failed(class_label, error.twilio_code());
+            let next = match class {
+                Class::Permanent => Next::DeadLetter(Reason::Rejected),
+                Class::Config => {
+                    if self.pause.trip(&error.to_string()) {
+                        warn!(
+                            outcome = "paused",
+                            twilio_code = error.twilio_code(),
+                            error = %error,
+                            "paused: Twilio reports an account or configuration fault that every job would hit; jobs stay queued until a probe send succeeds"
+                        );
+                    }
+                    Next::Requeue
+                }
+                Class::Transient => {
+                    if error.is_rate_limit()
+                        && let Some(cut) = self.throttle.rate_limited(error.retry_after())
+                    {
+                        warn!(
+                            limit = cut.limit,
+                            hold_ms = cut.hold.map(|h| h.as_millis() as u64),
+                            "rate limited by Twilio: fewer concurrent calls until it recovers"
+                        );
+                    }
+                    let time_left = job.time_left(SystemTime::now());
+                    match self
+                        .settings
+                        .retry
+                        .decide(attempts, error.retry_after(), time_left)
+                    {
+                        RetryDecision::Wait(delay) => {
+                            self.count_retry(&error, attempts, delay, RetryIn::Process);
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        RetryDecision::Park { delay, tier } => Next::Park { delay, tier },
+                        RetryDecision::Exhausted => Next::DeadLetter(Reason::RetriesExhausted),
+                        RetryDecision::WouldExpire { .. } => Next::DeadLetter(Reason::Expired),
+                    }
+                }
+            };
+            return SendResult::Failed {
+                error,
+                attempts,
+                next,
+            };
+        }
+    }
+
+    /// What stops an attempt before it is made: the code went stale, or the
+    /// worker is paused (a probe goes ahead regardless).
+    fn before_attempt(&self, job: &Job, attempts: u32, handling: Handling) -> Option<SendResult> {
+        if job.is_expired(SystemTime::now()) {
+            return Some(SendResult::Expired(attempts));
+        }
+        if self.pause.is_paused() && handling == Handling::Normal {
+            return Some(SendResult::Paused);
+        }
+        None
+    }
+
+    /// Counts and logs one retry, wherever it waits.
+    pub(super) fn count_retry(
+        &self,
+        error: &SendError,
+        attempts: u32,
+        delay: Duration,
+        place: RetryIn<'_>,
+    ) {
+        self.metrics.retries.inc();
+        let (queue, message) = match place {
+            RetryIn::Process => (None, "retrying in the process"),
+            RetryIn::Queue(queue) => (Some(queue), "retry scheduled in a delay queue"),
+        };
+        info!(
+            outcome = "retry",
+            delay_ms = delay.as_millis() as u64,
+            queue,
+            twilio_code = error.twilio_code(),
+            may_have_sent = error.may_have_sent(),
+            error = %error,
+            attempts,
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Settlement: how a job leaves the worker's hands. Ack after Twilio's 201;
+//! dead-letter or park (publish, wait for the confirm, then ack); put back
+//! while paused. A delivery whose channel is gone is left to the broker,
+//! which delivers it again.
+
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use tracing::{error, warn};
+
+use super::send::RetryIn;
+use super::{Finished, Worker};
+use crate::amqp::dead_letter::DeadLetter;
+use crate::amqp::headers::{self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN};
+use crate::amqp::{PublishError, Received, topology};
+use crate::job::Job;
+use crate::twilio::SendError;
+
+/// How long an ack, nack or reject may take. They are queued frames and
+/// settle at once on a live connection; on one lapin could not recover they
+/// may never settle, and the job must not hold its slot for ever (the broker
+/// delivers it again anyway).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An ack, nack or reject, bounded by [`SETTLE_TIMEOUT`]: `Ok(true)` when it
+/// went out.
+async fn settle(
+    op: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+) -> Result<bool, lapin::Error> {
+    tokio::time::timeout(SETTLE_TIMEOUT, op)
+        .await
+        .unwrap_or(Ok(false))
+}
+
+/// Puts the delivery back in the queue unchanged (nack, requeue).
+async fn requeue(acker: &Acker) -> Finished {
+    let options = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    match settle(acker.nack(options)).await {
+        Ok(true) => Finished::Requeued,
+        Ok(false) | Err(_) => Finished::Abandoned,
+    }
+}
+
+/// Rejects the delivery without requeueing: the broker dead-letters it to
+/// `sms.dead` with `x-death` reason `rejected`. For a handler that panicked.
+pub(super) async fn reject(acker: &Acker) -> Finished {
+    match settle(acker.reject(BasicRejectOptions { requeue: false })).await {
+        Ok(true) => Finished::Panicked,
+        Ok(false) | Err(_) => Finished::Abandoned,
+    }
+}
+
+impl Worker {
+    /// Acks the delivery; `finished` is what it is reported as.
+    pub(super) async fn ack(&self, delivery: &Delivery, finished: Finished) -> Finished {
+        match settle(delivery.acker.ack(BasicAckOptions::default())).await {
+            Ok(true) => finished,
+            Ok(false) | Err(_) => {
+                warn!("ack lost with the broker connection; the broker will deliver the job again");
+                Finished::Abandoned
+            }
+        }
+    }
+
+    /// Puts a job back in the queue for later (the worker is paused). A job
+    /// whose expiry is anchored in the message goes back unchanged (nack,
+    /// requeue). One without (no `expires_at`, no AMQP timestamp) is
+    /// republished with its first-receipt time in `x-sms-first-seen`
+    /// (confirmed, then acked), so waiting out a pause cannot restart its
+    /// clock.
+    pub(super) async fn put_back(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        received: &Received,
+    ) -> Finished {
+        if job.expiry_stated || received.first_seen_carried {
+            return requeue(&delivery.acker).await;
+        }
+        let mut table = headers::without(
+            delivery.properties.headers().as_ref(),
+            &[HEADER_DELIVERY_COUNT],
+        );
+        headers::set_i64(
+            &mut table,
+            HEADER_FIRST_SEEN,
+            headers::unix_millis(received.first_seen),
+        );
+        let properties = delivery.properties.clone().with_headers(table);
+        if let Err(left) = self
+            .publish_until_safe(
+                delivery,
+                topology::EXCHANGE,
+                topology::ROUTING_KEY,
+                properties,
+            )
+            .await
+        {
+            return left;
+        }
+        self.ack(delivery, Finished::Requeued).await
+    }
+
+    /// Publishes the dead letter, waits for the confirm, then acks.
+    pub(super) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        letter: DeadLetter<'_>,
+    ) -> Finished {
+        let properties = letter.properties(&delivery.properties);
+        if let Err(left) = self
+            .publish_until_safe(
+                delivery,
+                topology::DEAD_LETTER_EXCHANGE,
+                topology::ROUTING_KEY,
+                properties,
+            )
+            .await
+        {
+            return left;
+        }
+        self.metrics.dead_lettered(letter.reason.as_str());
+        warn!(
+            outcome = "dead_lettered",
+            reason = letter.reason.as_str(),
+            error = letter.error,
+            attempts = letter.attempts,
+            twilio_code = letter.twilio_code,
+            "dead-lettered"
+        );
+        self.ack(delivery, Finished::DeadLettered(letter.reason))
+            .await
+    }
+
+    /// Publishes the job to its delay queue with the attempt count, waits for
+    /// the confirm, then acks.
+    pub(super) async fn park(
+        &self,
+        delivery: &Delivery,
+        received: &Received,
+        error: &SendError,
+        attempts: u32,
+        delay: Duration,
+        tier: Duration,
+    ) -> Finished {
+        let mut table = headers::without(
+            delivery.properties.headers().as_ref(),
+            &[HEADER_DELIVERY_COUNT],
+        );
+        headers::set_i64(&mut table, HEADER_ATTEMPTS, i64::from(attempts));
+        headers::set_i64(
+            &mut table,
+            HEADER_FIRST_SEEN,
+            headers::unix_millis(received.first_seen),
+        );
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(table)
+            .with_expiration(delay.as_millis().to_string().into());
+        let queue = topology::delay_queue(tier);
+        if let Err(left) = self
+            .publish_until_safe(delivery, "", &queue, properties)
+            .await
+        {
+            return left;
+        }
+        self.count_retry(error, attempts, delay, RetryIn::Queue(&queue));
+        self.ack(delivery, Finished::Parked).await
+    }
+
+    /// Publishes a copy of the delivery's body and waits for the confirm,
+    /// retrying with backoff while the delivery can still be settled. `Err`
+    /// says how the delivery was left instead: abandoned to the broker (its
+    /// channel is gone, so it comes back), or put back after an unconfirmed
+    /// publish (the broker may hold that copy: publishing again could make a
+    /// third, so the original goes back and at most one extra copy exists).
+    async fn publish_until_safe(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+    ) -> Result<(), Finished> {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let publisher = match self.publisher.get() {
+                Some(p) if delivery.acker.usable() => p,
+                _ => {
+                    warn!("the delivery's channel is gone; the broker will deliver the job again");
+                    return Err(Finished::Abandoned);
+                }
+            };
+            match publisher
+                .publish(exchange, routing_key, &delivery.data, properties.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e @ PublishError::Timeout(_)) => {
+                    warn!(error = %e, exchange, routing_key, "unconfirmed publish; putting the job back (it may now be queued twice)");
+                    return Err(requeue(&delivery.acker).await);
+                }
+                Err(e) => {
+                    error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                    if matches!(e, PublishError::Unroutable { .. }) {
+                        // Someone deleted a queue or binding: put it back.
+                        if let Err(e) =
+                            topology::declare(publisher.channel(), self.settings.broker.queue_type)
+                                .await
+                        {
+                            warn!(error = %e, "re-declaring the topology failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
