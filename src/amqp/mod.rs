@@ -17,5 +17,5 @@ pub(crate) use connection::{
     BrokerSettings, CommandConnectError, DEFAULT_AMQP_URL, Recovery, connect, connect_for_command,
 };
 pub use publisher::Publisher;
-pub(crate) use publisher::{PublishError, SharedPublisher};
+pub(crate) use publisher::{CONFIRM_TIMEOUT, PublishError, SharedPublisher};
 pub(crate) use received::Received;

@@ -6,12 +6,16 @@
 //! a queue. Callers ack or remove the original only after that, which is what
 //! makes "move a message" lossless: publish, confirm, then ack.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+use tokio::sync::watch;
+
+use super::connection::QueueType;
 use super::topology;
 
 /// Why a publish is not known to be safe with the broker.
@@ -32,7 +36,7 @@ pub enum PublishError {
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the caller then leaves the original unacked, so nothing is lost).
-pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A confirm-mode channel for publishing.
 #[derive(Clone)]
@@ -116,25 +120,120 @@ impl Publisher {
     }
 }
 
-/// The current connection's publisher, shared by everything that publishes
-/// in the worker process (the jobs' dead letters and retries, the HTTP
-/// ingest). The consumer loop sets it whenever it opens a connection; `None`
-/// until the first one is up.
+/// The worker's publishing side, shared by everything that publishes in the
+/// worker process (the jobs' dead letters, retries and put-backs, the HTTP
+/// ingest). It has a connection of its own, so that a broker alarm, which
+/// blocks connections that publish, never stops the consuming connection's
+/// acks. The consumer loop sets it whenever it opens a session; `None` until
+/// the first one is up. A channel the broker closed (an operator deleted
+/// `sms.dlx`, a length limit rejected a publish) is reopened on demand with
+/// the topology declared again: lapin recovers lost connections, not channels
+/// the broker closed.
 #[derive(Clone, Default)]
-pub(crate) struct SharedPublisher(std::sync::Arc<std::sync::RwLock<Option<Publisher>>>);
+pub(crate) struct SharedPublisher {
+    current: Arc<RwLock<Option<Current>>>,
+    /// The broker's reason while it blocks the publishing connection.
+    blocked: Arc<watch::Sender<Option<String>>>,
+}
+
+#[derive(Clone)]
+struct Current {
+    connection: Arc<Connection>,
+    publisher: Publisher,
+    queue_type: QueueType,
+}
 
 impl SharedPublisher {
     pub(crate) fn new() -> SharedPublisher {
         SharedPublisher::default()
     }
 
-    /// Publishes from now on with `publisher` (a new connection's).
-    pub(crate) fn set(&self, publisher: Publisher) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+    /// Publishes from now on on `connection` with `publisher` (a new
+    /// session's), declaring `queue_type` queues when a channel is reopened.
+    pub(crate) fn set(
+        &self,
+        connection: Arc<Connection>,
+        publisher: Publisher,
+        queue_type: QueueType,
+    ) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Current {
+            connection,
+            publisher,
+            queue_type,
+        });
+        self.set_blocked(None);
     }
 
-    /// The current publisher, if a connection has been opened.
+    /// The current publisher, if a session has been opened.
     pub(crate) fn get(&self) -> Option<Publisher> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.publisher.clone())
+    }
+
+    /// Opens a new channel when the broker closed the current one (and the
+    /// connection is up), declaring the topology on it. Returns whether the
+    /// publisher is usable now.
+    pub(crate) async fn repair(&self) -> bool {
+        let Some(current) = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return false;
+        };
+        let channel = current.publisher.channel().status();
+        if channel.connected() {
+            return true;
+        }
+        if !current.connection.status().connected() || channel.reconnecting() {
+            // lapin is recovering the connection and its channels itself.
+            return false;
+        }
+        let reopened = async {
+            let publisher = Publisher::open(&current.connection).await?;
+            topology::declare(publisher.channel(), current.queue_type).await?;
+            Ok::<_, lapin::Error>(publisher)
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, reopened).await {
+            Ok(Ok(publisher)) => {
+                let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = slot.as_mut()
+                    && Arc::ptr_eq(&slot.connection, &current.connection)
+                {
+                    slot.publisher = publisher;
+                }
+                tracing::info!("reopened the publishing channel the broker had closed");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reopening the publishing channel failed");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Records whether the broker blocks the publishing connection (a
+    /// memory or disk alarm), with its reason.
+    pub(crate) fn set_blocked(&self, reason: Option<String>) {
+        self.blocked.send_replace(reason);
+    }
+
+    /// The broker's reason, while it blocks publishing.
+    pub(crate) fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Waits until publishing is not blocked, for at most `limit`; returns
+    /// whether it is unblocked.
+    pub(crate) async fn wait_unblocked(&self, limit: Duration) -> bool {
+        let mut watching = self.blocked.subscribe();
+        tokio::time::timeout(limit, watching.wait_for(Option::is_none))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }

@@ -13,7 +13,8 @@ use super::metrics::Metrics;
 /// Why the worker is not ready, as `/readyz` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct NotReady {
-    /// `disconnected`, `not_consuming` or `paused`.
+    /// `disconnected`, `blocked`, `publish_failing`, `paused` or
+    /// `not_consuming`.
     pub reason: &'static str,
     /// For a human: what is going on and what clears it.
     pub detail: String,
@@ -24,6 +25,8 @@ struct State {
     connected: bool,
     consuming: bool,
     paused: Option<String>,
+    blocked: Option<String>,
+    publish_failing: Option<String>,
 }
 
 /// Shared readiness state. Clones share it.
@@ -55,6 +58,18 @@ impl Health {
         self.with(|s| s.consuming = consuming);
     }
 
+    /// Marks publishing blocked by the broker (a memory or disk alarm), with
+    /// the broker's reason, or unblocked with `None`.
+    pub(crate) fn set_blocked(&self, reason: Option<String>) {
+        self.with(|s| s.blocked = reason);
+    }
+
+    /// Marks publishing failing (every try of a dead letter or retry failed;
+    /// the job went back to the queue), or working again with `None`.
+    pub(crate) fn set_publish_failing(&self, detail: Option<String>) {
+        self.with(|s| s.publish_failing = detail);
+    }
+
     /// Marks the worker paused with a reason an operator can act on, or
     /// resumed with `None`.
     pub(crate) fn set_paused(&self, reason: Option<String>) {
@@ -71,6 +86,18 @@ impl Health {
                 Err(NotReady {
                     reason: "disconnected",
                     detail: "not connected to the broker; reconnecting".to_owned(),
+                })
+            } else if let Some(blocked) = &s.blocked {
+                Err(NotReady {
+                    reason: "blocked",
+                    detail: format!(
+                        "the broker blocks publishing ({blocked}): dead letters, retries and new jobs wait until the alarm clears"
+                    ),
+                })
+            } else if let Some(failing) = &s.publish_failing {
+                Err(NotReady {
+                    reason: "publish_failing",
+                    detail: failing.clone(),
                 })
             } else if let Some(paused) = &s.paused {
                 Err(NotReady {
@@ -105,6 +132,12 @@ mod tests {
         let e = h.readiness().unwrap_err();
         assert_eq!((e.reason, e.detail.as_str()), ("paused", "Twilio 20003"));
         h.set_paused(None);
+        h.set_blocked(Some("low on memory".to_owned()));
+        let e = h.readiness().unwrap_err();
+        assert_eq!(e.reason, "blocked");
+        assert!(e.detail.contains("low on memory"), "{}", e.detail);
+        h.set_blocked(None);
+        assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
     }

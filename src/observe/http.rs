@@ -146,6 +146,12 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
         Ok(job) => job,
         Err(invalid) => return error(StatusCode::BAD_REQUEST, invalid.to_string()),
     };
+    if job.is_expired(now) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`expires_at` has passed: the code would never be sent".to_owned(),
+        );
+    }
     // A job without its own id gets a fresh one (not the one derived from
     // the body: two sign-ins may ask for the same code twice on purpose).
     let has_id = serde_json::from_slice::<serde_json::Value>(&body)
@@ -157,6 +163,14 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
     } else {
         JobId::generate()
     };
+    // While the broker blocks publishing, a publish would wait in lapin's
+    // buffer and land after the caller gave up and retried: say so at once.
+    if ingest.publisher.blocked().is_some() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker is not taking new jobs (a resource alarm); try again shortly".to_owned(),
+        );
+    }
     let Some(publisher) = ingest.publisher.get() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

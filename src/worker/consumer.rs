@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::pause::Pause;
 use super::{Finished, Gateway, Handling, Worker, WorkerSettings};
 use crate::amqp::{self, Publisher, SharedPublisher, topology};
 use crate::observe::health::Health;
@@ -66,9 +65,12 @@ pub(crate) struct RunOptions {
     pub(crate) publisher: SharedPublisher,
 }
 
-/// One connection to the broker and what hangs off it.
+/// The worker's connections to the broker and what hangs off them: one that
+/// consumes (and acks), one that publishes. A broker alarm blocks only
+/// connections that publish, so acks keep flowing while it lasts.
 struct Session {
     connection: Connection,
+    publishing: Arc<Connection>,
     channel: Channel,
     /// Cancelled by the connection watcher when lapin has not recovered the
     /// connection in time.
@@ -109,14 +111,13 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
     let dry_run = matches!(gateway, Gateway::DryRun);
 
     info!(broker = %broker.url_for_logs(), "connecting to the broker");
-    let (mut session, publisher) = open_session(&broker, &health, &shutdown).await?;
-    shared.set(publisher);
+    let mut session = open_session(&broker, &health, &shared, &shutdown).await?;
     let worker = Arc::new(Worker::new(
         settings,
         gateway,
         shared.clone(),
         metrics,
-        Pause::new(health.clone()),
+        health.clone(),
     ));
     info!(
         queue = topology::QUEUE,
@@ -136,11 +137,17 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
                     "lapin did not recover the broker connection in time; opening a new one"
                 );
                 abandon(session);
-                match open_session(&broker, &health, &shutdown).await {
-                    Ok((next, publisher)) => {
-                        shared.set(publisher);
+                match open_session(&broker, &health, &shared, &shutdown).await {
+                    Ok(next) => {
                         session = next;
                         info!("consuming on a new broker connection");
+                    }
+                    // A stop asked for during an outage is a stop, not a
+                    // failure; the jobs held on the abandoned connection go
+                    // back to the queue with it.
+                    Err(WorkerError::StoppedBeforeConnected) => {
+                        info!("stopped during a broker outage");
+                        return Ok(());
                     }
                     Err(e) => return Err(e),
                 }
@@ -166,6 +173,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
     let close = async {
         let _ = session.channel.close(200, "shutdown".into()).await;
         let _ = session.connection.close(200, "shutdown".into()).await;
+        let _ = session.publishing.close(200, "shutdown".into()).await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
     session.stuck.cancel();
@@ -174,19 +182,28 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
     Ok(())
 }
 
-/// Connects (lapin's automatic recovery on), declares the topology, opens
-/// the publishing and consuming channels. Gives up after the reconnect
-/// deadline.
+/// Connects twice (lapin's automatic recovery on), declares the topology,
+/// opens the publishing and consuming channels, and hands the publisher to
+/// `shared`. Gives up after the reconnect deadline.
 async fn open_session(
     broker: &amqp::BrokerSettings,
     health: &Health,
+    shared: &SharedPublisher,
     shutdown: &Shutdown,
-) -> Result<(Session, Publisher), WorkerError> {
+) -> Result<Session, WorkerError> {
     let deadline = broker.reconnect_deadline;
     let open = async {
         let connection =
             amqp::connect(broker, "sms-dispatch worker", amqp::Recovery::Automatic).await?;
-        let publisher = Publisher::open(&connection).await?;
+        let publishing = Arc::new(
+            amqp::connect(
+                broker,
+                "sms-dispatch worker (publishing)",
+                amqp::Recovery::Automatic,
+            )
+            .await?,
+        );
+        let publisher = Publisher::open(&publishing).await?;
         topology::declare(publisher.channel(), broker.queue_type)
             .await
             .map_err(|e| OpenError::Topology(topology::explain(&e)))?;
@@ -194,9 +211,9 @@ async fn open_session(
         channel
             .basic_qos(broker.prefetch, BasicQosOptions::default())
             .await?;
-        Ok::<_, OpenError>((connection, publisher, channel))
+        Ok::<_, OpenError>((connection, publishing, publisher, channel))
     };
-    let (connection, publisher, channel) = tokio::select! {
+    let (connection, publishing, publisher, channel) = tokio::select! {
         opened = tokio::time::timeout(deadline, open) => match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(OpenError::Broker(e))) => return Err(WorkerError::Broker(e)),
@@ -205,17 +222,22 @@ async fn open_session(
         },
         () = shutdown.requested() => return Err(WorkerError::StoppedBeforeConnected),
     };
+    shared.set(Arc::clone(&publishing), publisher, broker.queue_type);
     health.set_connected(true);
     let stuck = CancellationToken::new();
-    watch_connection(&connection, health.clone(), stuck.clone());
-    Ok((
-        Session {
-            connection,
-            channel,
-            stuck,
-        },
-        publisher,
-    ))
+    watch_connections(
+        &connection,
+        &publishing,
+        health.clone(),
+        shared.clone(),
+        stuck.clone(),
+    );
+    Ok(Session {
+        connection,
+        publishing,
+        channel,
+        stuck,
+    })
 }
 
 /// Lets go of a connection lapin could not recover in time. lapin may still
@@ -225,15 +247,23 @@ async fn open_session(
 /// keep trying.
 fn abandon(session: Session) {
     session.stuck.cancel();
-    let status = session.connection.status().clone();
+    close_when_back(session.connection);
+    if let Ok(publishing) = Arc::try_unwrap(session.publishing) {
+        close_when_back(publishing);
+    }
+}
+
+/// Watches an abandoned connection and closes it once lapin brings it back.
+fn close_when_back(connection: Connection) {
+    let status = connection.status().clone();
     tokio::spawn(async move {
         let give_up = Instant::now() + ABANDONED_WATCH;
         while Instant::now() < give_up && !status.closed() && !status.errored() {
             if status.connected() {
-                info!("the abandoned broker connection came back; closing it");
+                info!("an abandoned broker connection came back; closing it");
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
-                    session.connection.close(200, "abandoned".into()),
+                    connection.close(200, "abandoned".into()),
                 )
                 .await;
                 return;
@@ -242,6 +272,9 @@ fn abandon(session: Session) {
         }
     });
 }
+
+/// How long a `basic.cancel` may wait for the broker's answer.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an abandoned connection is watched: longer than lapin's own
 /// reconnect attempts (120, at most 5 s apart).
@@ -261,11 +294,14 @@ async fn consume(
         queue: topology::QUEUE,
         detail: e.to_string(),
     };
-    // Waits for lapin's recovery, unless the session is declared stuck.
+    // Waits for lapin's recovery; `Some` ends the session instead: it was
+    // declared stuck, or a stop was asked for (which must not wait for the
+    // broker to come back).
     let recovered = |e: lapin::Error| async move {
         tokio::select! {
-            r = channel.wait_for_recovery(e) => r.map(|()| true).map_err(lost),
-            () = session.stuck.cancelled() => Ok(false),
+            r = channel.wait_for_recovery(e) => r.map(|()| None).map_err(lost),
+            () = session.stuck.cancelled() => Ok(Some(SessionEnd::Stuck)),
+            () = shutdown.requested() => Ok(Some(SessionEnd::Shutdown)),
         }
     };
     let mut consumer: Option<Consumer> = None;
@@ -293,8 +329,8 @@ async fn consume(
                     health.set_consuming(true);
                 }
                 Err(e) => {
-                    if !recovered(e).await? {
-                        return Ok(SessionEnd::Stuck);
+                    if let Some(end) = recovered(e).await? {
+                        return Ok(end);
                     }
                 }
             }
@@ -312,15 +348,18 @@ async fn consume(
                 // The deliveries already on their way still arrive; their
                 // tasks see the pause and put them back. The stream ends
                 // once the broker has confirmed the cancel.
-                match channel.basic_cancel(active.tag(), BasicCancelOptions::default()).await {
+                let cancel = channel.basic_cancel(active.tag(), BasicCancelOptions::default());
+                // An unanswered cancel must not hold the loop: the stream
+                // ends when the broker answers, or with the connection.
+                match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await.unwrap_or(Ok(())) {
                     Ok(()) => cancelling = true,
                     Err(e) => {
                         // Most likely the connection is down: once it is
                         // back (and the consumer re-created), this arm fires
                         // again and cancels it.
                         warn!(error = %e, "cancelling the consumer failed; retrying after recovery");
-                        if !recovered(e).await? {
-                            return Ok(SessionEnd::Stuck);
+                        if let Some(end) = recovered(e).await? {
+                            return Ok(end);
                         }
                     }
                 }
@@ -330,8 +369,8 @@ async fn consume(
                 Some(Err(e)) => {
                     health.set_consuming(false);
                     warn!(error = %e, "consumer interrupted; waiting for the connection to recover");
-                    if !recovered(e).await? {
-                        return Ok(SessionEnd::Stuck);
+                    if let Some(end) = recovered(e).await? {
+                        return Ok(end);
                     }
                     health.set_consuming(!cancelling);
                     info!("connection recovered; consuming again");
@@ -352,9 +391,8 @@ async fn consume(
     if let Some(active) = consumer.as_ref()
         && !cancelling
     {
-        let _ = channel
-            .basic_cancel(active.tag(), BasicCancelOptions::default())
-            .await;
+        let cancel = channel.basic_cancel(active.tag(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
     }
     Ok(SessionEnd::Shutdown)
 }
@@ -411,6 +449,7 @@ async fn probe_until_resumed(
                 tokio::select! {
                     r = session.channel.wait_for_recovery(e) => if r.is_err() { return Probe::Stuck },
                     () = session.stuck.cancelled() => return Probe::Stuck,
+                    () = shutdown.requested() => return Probe::Shutdown,
                 }
                 continue;
             }
@@ -441,27 +480,52 @@ async fn probe_until_resumed(
     }
 }
 
-/// Keeps `health` in step with the connection and declares the session
-/// stuck when lapin has not recovered it within [`RECOVERY_GRACE`]. lapin
-/// reports no event when it starts recovering (only `Connected` once it is
-/// back), so the state is read every 200 ms as well; a change is logged once.
-fn watch_connection(connection: &Connection, health: Health, stuck: CancellationToken) {
-    let status = connection.status().clone();
-    let mut events = connection.events_listener();
+/// Keeps `health` in step with both connections, and `shared` with the
+/// broker's blocking of the publishing one (a memory or disk alarm), and
+/// declares the session stuck when lapin has not recovered a connection
+/// within [`RECOVERY_GRACE`]. lapin reports no event when it starts
+/// recovering (only `Connected` once it is back), so the state is read every
+/// 200 ms as well; a change is logged once.
+fn watch_connections(
+    consuming: &Connection,
+    publishing: &Connection,
+    health: Health,
+    shared: SharedPublisher,
+    stuck: CancellationToken,
+) {
+    let statuses = [consuming.status().clone(), publishing.status().clone()];
+    let mut consuming_events = consuming.events_listener();
+    let mut publishing_events = publishing.events_listener();
     tokio::spawn(async move {
         let mut lost_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 () = stuck.cancelled() => break,
-                event = events.next() => {
+                event = consuming_events.next() => {
                     if event.is_none() {
                         break;
                     }
                 }
+                event = publishing_events.next() => match event {
+                    None => break,
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        warn!(reason = reason.as_str(), "the broker blocks publishing (memory or disk alarm): dead letters, retries and the ingest wait");
+                        health.set_blocked(Some(reason.clone()));
+                        shared.set_blocked(Some(reason));
+                    }
+                    Some(lapin::Event::ConnectionUnblocked | lapin::Event::Connected) => {
+                        if shared.blocked().is_some() {
+                            info!("the broker unblocked publishing");
+                        }
+                        health.set_blocked(None);
+                        shared.set_blocked(None);
+                    }
+                    Some(_) => {}
+                },
                 _ = tick.tick() => {}
             }
-            let connected = status.connected();
+            let connected = statuses.iter().all(|s| s.connected());
             match (connected, lost_since) {
                 (true, Some(_)) => {
                     lost_since = None;

@@ -10,27 +10,31 @@
 //! remembers what this process sent.
 
 pub(crate) mod consumer;
+mod in_flight;
 pub(crate) mod pause;
 mod recent;
 mod send;
 mod settle;
 mod throttle;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use lapin::message::Delivery;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::amqp::dead_letter::{DeadLetter, Reason};
 use crate::amqp::{BrokerSettings, Received, SharedPublisher};
 use crate::encoding;
 use crate::job::Job;
+use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
 use crate::retry::RetryPolicy;
 use crate::templates::Templates;
 use crate::trace_context::TraceParent;
 use crate::twilio::{Accepted, TwilioClient};
+use in_flight::InFlight;
 use pause::Pause;
 use recent::RecentlySent;
 use send::{Next, SendResult};
@@ -68,7 +72,8 @@ pub(crate) enum Finished {
     /// Left unacked: the broker connection was lost, so the broker will
     /// deliver it again.
     Abandoned,
-    /// The handler panicked (a bug); the job was rejected to `sms.dead`.
+    /// The handler panicked (a bug); the job was rejected to `sms.dead`, or
+    /// acked when Twilio had already accepted it.
     Panicked,
 }
 
@@ -91,6 +96,21 @@ pub(crate) enum Handling {
     Probe,
 }
 
+/// Set once Twilio has accepted the job, so that a panic after that point
+/// acks the job instead of dead-lettering it (a replay would send it again).
+#[derive(Debug, Default)]
+struct SentMark(AtomicBool);
+
+impl SentMark {
+    fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// What one job needs, shared by every job of a worker.
 pub(crate) struct Worker {
     settings: WorkerSettings,
@@ -98,9 +118,11 @@ pub(crate) struct Worker {
     /// The current connection's publisher.
     publisher: SharedPublisher,
     metrics: Metrics,
+    health: Health,
     pause: Pause,
     throttle: Throttle,
     recent: RecentlySent,
+    in_flight: InFlight,
 }
 
 impl Worker {
@@ -110,7 +132,7 @@ impl Worker {
         gateway: Gateway,
         publisher: SharedPublisher,
         metrics: Metrics,
-        pause: Pause,
+        health: Health,
     ) -> Worker {
         let prefetch = usize::from(settings.broker.prefetch);
         Worker {
@@ -118,11 +140,13 @@ impl Worker {
             gateway,
             publisher,
             metrics,
-            pause,
+            pause: Pause::new(health.clone()),
+            health,
             throttle: Throttle::new(prefetch),
             // Redeliveries after a lost connection are the jobs that were in
             // flight: a few prefetches' worth of ids covers them with room.
             recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -131,20 +155,27 @@ impl Worker {
         &self.pause
     }
 
-    /// [`Worker::handle`], counted in `sms_in_flight`, with a guard: a bug
-    /// that panics must not leave the delivery unacked for ever. The broker
-    /// dead-letters a rejected job to `sms.dead` (`x-death` reason
+    /// The life of one job ([`Worker::handle`]), counted in `sms_in_flight`,
+    /// with a guard: a bug that panics must not leave the delivery unacked
+    /// for ever. A job Twilio had already accepted is acked (dead-lettering
+    /// it would invite a replay that sends it twice); any other is rejected,
+    /// and the broker dead-letters it to `sms.dead` (`x-death` reason
     /// `rejected`), so it is neither lost nor retried in a loop.
     pub(crate) async fn handle_guarded(&self, delivery: Delivery, handling: Handling) -> Finished {
         use futures_lite::FutureExt as _;
         let acker = delivery.acker.clone();
+        let sent = SentMark::default();
         self.metrics.in_flight.inc();
-        let outcome = std::panic::AssertUnwindSafe(self.handle(delivery, handling))
+        let outcome = std::panic::AssertUnwindSafe(self.handle(delivery, handling, &sent))
             .catch_unwind()
             .await;
         self.metrics.in_flight.dec();
         match outcome {
             Ok(finished) => finished,
+            Err(_) if sent.is_marked() => {
+                error!("the job handler panicked after Twilio accepted the job; acking it");
+                settle::ack_after_panic(&acker).await
+            }
             Err(_) => {
                 error!("the job handler panicked; rejecting the job to the dead-letter queue");
                 settle::reject(&acker).await
@@ -153,7 +184,7 @@ impl Worker {
     }
 
     /// The life of one job. Returns how it left the worker.
-    pub(crate) async fn handle(&self, delivery: Delivery, handling: Handling) -> Finished {
+    async fn handle(&self, delivery: Delivery, handling: Handling, sent: &SentMark) -> Finished {
         let now = SystemTime::now();
         let received = Received::read(&delivery.properties, now);
 
@@ -193,7 +224,7 @@ impl Worker {
         if let Some(parent) = &trace {
             telemetry::set_remote_parent(&span, parent);
         }
-        self.life_of(delivery, job, received, handling)
+        self.life_of(delivery, job, received, handling, sent)
             .instrument(span)
             .await
     }
@@ -204,6 +235,7 @@ impl Worker {
         job: Job,
         received: Received,
         handling: Handling,
+        sent: &SentMark,
     ) -> Finished {
         self.metrics.received(Some(job.kind));
         if job.id_is_distinct && self.recent.contains(&job.id) {
@@ -251,8 +283,15 @@ impl Worker {
                 )
             }
             Gateway::Twilio(client) => {
-                self.send(client, &job, &body, received.attempts, handling)
-                    .await
+                self.send(
+                    client,
+                    &delivery.acker,
+                    &job,
+                    &body,
+                    received.attempts,
+                    handling,
+                )
+                .await
             }
         };
 
@@ -262,9 +301,16 @@ impl Worker {
                 if job.id_is_distinct {
                     self.recent.insert(&job.id);
                 }
+                sent.mark();
                 tracing::Span::current().record("message_sid", accepted.sid.as_str());
                 let counted = encoding::segments(&body);
-                let segments = accepted.segments.map_or(counted.count as u64, u64::from);
+                // Twilio answers `num_segments: "0"` at creation for
+                // Messaging Service sends (the count comes later): the
+                // local count stands in for it.
+                let segments = accepted
+                    .segments
+                    .filter(|&n| n > 0)
+                    .map_or(counted.count as u64, u64::from);
                 let age = SystemTime::now()
                     .duration_since(received.published_at.unwrap_or(received.first_seen))
                     .ok();
@@ -291,6 +337,19 @@ impl Worker {
                 self.dead_letter(&delivery, letter).await
             }
             SendResult::Paused => self.put_back(&delivery, &job, &received).await,
+            SendResult::Duplicate => {
+                info!(
+                    outcome = "duplicate",
+                    "sent by another delivery of the same job in this worker; acking without sending"
+                );
+                self.ack(&delivery, Finished::Duplicate).await
+            }
+            SendResult::Abandoned => {
+                warn!(
+                    "the delivery's channel was lost before the call; not sending (the broker delivers the job again)"
+                );
+                Finished::Abandoned
+            }
             SendResult::Failed {
                 error,
                 attempts,

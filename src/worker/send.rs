@@ -5,6 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use lapin::Acker;
+
 use super::{Handling, Worker};
 use crate::amqp::dead_letter::Reason;
 use crate::job::Job;
@@ -25,6 +27,12 @@ pub(super) enum SendResult {
     Expired(u32),
     /// The worker is paused; the job goes back untouched.
     Paused,
+    /// Another task of this process sent it (the broker delivered it again
+    /// after a reconnect): ack without sending.
+    Duplicate,
+    /// The delivery's channel is gone (a reconnect): the broker delivers the
+    /// job again, and the new delivery is the one to send.
+    Abandoned,
 }
 
 /// What to do with a failed job.
@@ -49,18 +57,35 @@ impl Worker {
     pub(super) async fn send(
         &self,
         client: &TwilioClient,
+        acker: &Acker,
         job: &Job,
         body: &str,
         mut attempts: u32,
         handling: Handling,
     ) -> SendResult {
         loop {
-            if let Some(stop) = self.before_attempt(job, attempts, handling) {
+            if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
                 return stop;
             }
+            // One task at a time calls Twilio for an id; a second copy of
+            // the job (redelivered after a reconnect) waits, then finds it
+            // sent.
+            let claim = if job.id_is_distinct {
+                loop {
+                    if self.recent.contains(&job.id) {
+                        return SendResult::Duplicate;
+                    }
+                    if let Some(claim) = self.in_flight.claim(&job.id).await {
+                        break Some(claim);
+                    }
+                }
+            } else {
+                None
+            };
             let permit = self.throttle.acquire().await;
-            // The wait may have been long: look again.
-            if let Some(stop) = self.before_attempt(job, attempts, handling) {
+            // The wait may have been long (a rate limit's hold): look again,
+            // right before the call.
+            if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
                 return stop;
             }
             attempts += 1;
@@ -79,10 +104,17 @@ impl Worker {
             let error = match result {
                 Ok(accepted) => {
                     self.throttle.accepted();
+                    if job.id_is_distinct {
+                        // Recorded before the claim ends, so a waiting copy
+                        // finds it.
+                        self.recent.insert(&job.id);
+                    }
+                    drop(claim);
                     return SendResult::Sent(accepted, attempts);
                 }
                 Err(error) => error,
             };
+            drop(claim);
             let class = error.class();
             let class_label = if error.is_network() {
                 "network"
@@ -138,9 +170,20 @@ impl Worker {
         }
     }
 
-    /// What stops an attempt before it is made: the code went stale, or the
-    /// worker is paused (a probe goes ahead regardless).
-    fn before_attempt(&self, job: &Job, attempts: u32, handling: Handling) -> Option<SendResult> {
+    /// What stops an attempt before it is made: the delivery can no longer
+    /// be settled (its channel was lost: the broker hands the job out again,
+    /// and sending this copy would send it twice), the code went stale, or
+    /// the worker is paused (a probe goes ahead regardless).
+    fn before_attempt(
+        &self,
+        acker: &Acker,
+        job: &Job,
+        attempts: u32,
+        handling: Handling,
+    ) -> Option<SendResult> {
+        if !acker.usable() {
+            return Some(SendResult::Abandoned);
+        }
         if job.is_expired(SystemTime::now()) {
             return Some(SendResult::Expired(attempts));
         }

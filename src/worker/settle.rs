@@ -15,7 +15,7 @@ use super::send::RetryIn;
 use super::{Finished, Worker};
 use crate::amqp::dead_letter::DeadLetter;
 use crate::amqp::headers::{self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN};
-use crate::amqp::{PublishError, Received, topology};
+use crate::amqp::{CONFIRM_TIMEOUT, PublishError, Received, topology};
 use crate::job::Job;
 use crate::twilio::SendError;
 
@@ -24,6 +24,10 @@ use crate::twilio::SendError;
 /// may never settle, and the job must not hold its slot for ever (the broker
 /// delivers it again anyway).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a dead letter, retry or put-back is published before the
+/// job goes back to the queue (about 6 s of backoff in all).
+const PUBLISH_TRIES: u32 = 5;
 
 /// An ack, nack or reject, bounded by [`SETTLE_TIMEOUT`]: `Ok(true)` when it
 /// went out.
@@ -51,6 +55,15 @@ async fn requeue(acker: &Acker) -> Finished {
 /// `sms.dead` with `x-death` reason `rejected`. For a handler that panicked.
 pub(super) async fn reject(acker: &Acker) -> Finished {
     match settle(acker.reject(BasicRejectOptions { requeue: false })).await {
+        Ok(true) => Finished::Panicked,
+        Ok(false) | Err(_) => Finished::Abandoned,
+    }
+}
+
+/// Acks a job whose handler panicked after Twilio accepted it: the job was
+/// sent, and a dead letter would invite a replay that sends it again.
+pub(super) async fn ack_after_panic(acker: &Acker) -> Finished {
+    match settle(acker.ack(BasicAckOptions::default())).await {
         Ok(true) => Finished::Panicked,
         Ok(false) | Err(_) => Finished::Abandoned,
     }
@@ -176,11 +189,14 @@ impl Worker {
     }
 
     /// Publishes a copy of the delivery's body and waits for the confirm,
-    /// retrying with backoff while the delivery can still be settled. `Err`
-    /// says how the delivery was left instead: abandoned to the broker (its
-    /// channel is gone, so it comes back), or put back after an unconfirmed
-    /// publish (the broker may hold that copy: publishing again could make a
-    /// third, so the original goes back and at most one extra copy exists).
+    /// trying [`PUBLISH_TRIES`] times with backoff while the delivery can
+    /// still be settled. A channel the broker closed is reopened first; while
+    /// the broker blocks publishing (an alarm), nothing is written, so no
+    /// unconfirmed copy can land later. `Err` says how the delivery was left
+    /// instead: abandoned to the broker (its channel is gone, so it comes
+    /// back), or put back (after an unconfirmed publish, an alarm that did not
+    /// clear, or every try failing; the worker then reports not ready until a
+    /// publish succeeds).
     async fn publish_until_safe(
         &self,
         delivery: &Delivery,
@@ -189,27 +205,47 @@ impl Worker {
         properties: BasicProperties,
     ) -> Result<(), Finished> {
         let mut wait = Duration::from_millis(200);
-        loop {
+        let mut last_error = String::new();
+        for _ in 0..PUBLISH_TRIES {
+            if !delivery.acker.usable() {
+                warn!("the delivery's channel is gone; the broker will deliver the job again");
+                return Err(Finished::Abandoned);
+            }
+            if let Some(reason) = self.publisher.blocked()
+                && !self.publisher.wait_unblocked(CONFIRM_TIMEOUT).await
+            {
+                warn!(
+                    reason = reason.as_str(),
+                    exchange, "the broker still blocks publishing; putting the job back"
+                );
+                return Err(requeue(&delivery.acker).await);
+            }
             let publisher = match self.publisher.get() {
-                Some(p) if delivery.acker.usable() => p,
+                Some(p) if self.publisher.repair().await => self.publisher.get().unwrap_or(p),
                 _ => {
-                    warn!("the delivery's channel is gone; the broker will deliver the job again");
-                    return Err(Finished::Abandoned);
+                    last_error = "no usable publishing channel".to_owned();
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    continue;
                 }
             };
             match publisher
                 .publish(exchange, routing_key, &delivery.data, properties.clone())
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.set_publish_failing(None);
+                    return Ok(());
+                }
                 Err(e @ PublishError::Timeout(_)) => {
                     warn!(error = %e, exchange, routing_key, "unconfirmed publish; putting the job back (it may now be queued twice)");
                     return Err(requeue(&delivery.acker).await);
                 }
                 Err(e) => {
                     error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
+                    last_error = e.to_string();
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    wait = (wait * 2).min(Duration::from_secs(5));
                     if matches!(e, PublishError::Unroutable { .. }) {
                         // Someone deleted a queue or binding: put it back.
                         if let Err(e) =
@@ -222,5 +258,15 @@ impl Worker {
                 }
             }
         }
+        error!(
+            error = last_error.as_str(),
+            exchange,
+            tries = PUBLISH_TRIES,
+            "publishing keeps failing; putting the job back and reporting not ready"
+        );
+        self.health.set_publish_failing(Some(format!(
+            "publishing to {exchange} failed {PUBLISH_TRIES} times: {last_error}"
+        )));
+        Err(requeue(&delivery.acker).await)
     }
 }
