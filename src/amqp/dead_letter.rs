@@ -119,8 +119,52 @@ impl<'a> DeadLetter<'a> {
                 unix_millis(self.first_seen),
             );
         }
-        original.clone().with_headers(headers)
+        without_expiration(original).with_headers(headers)
     }
+}
+
+/// `original` without its per-message `expiration`, as RabbitMQ's own
+/// dead-lettering does: a dead letter must stay until an operator acts, not
+/// expire out of `sms.dead` because the producer gave the job a TTL.
+fn without_expiration(original: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(v) = original.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.delivery_mode() {
+        copy = copy.with_delivery_mode(*v);
+    }
+    if let Some(v) = original.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = original.user_id() {
+        copy = copy.with_user_id(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
 }
 
 #[cfg(test)]
@@ -135,6 +179,8 @@ mod tests {
         headers::set_str(&mut headers, "traceparent", "00-abc-def-01");
         headers::set_i64(&mut headers, "x-delivery-count", 3);
         let original = BasicProperties::default()
+            .with_expiration("60000".into())
+            .with_app_id("billing".into())
             .with_message_id("job-1".into())
             .with_content_type("application/json".into())
             .with_headers(headers);
@@ -152,6 +198,8 @@ mod tests {
         assert_eq!(header_i64(h, "x-sms-twilio-code"), Some(21211));
         assert_eq!(header_str(h, "traceparent"), Some("00-abc-def-01"));
         assert_eq!(header_i64(h, "x-delivery-count"), None);
+        assert_eq!(props.expiration(), &None, "a dead letter never expires");
+        assert_eq!(props.app_id().as_ref().map(|s| s.as_str()), Some("billing"));
         assert_eq!(
             props.message_id().as_ref().map(|s| s.as_str()),
             Some("job-1")

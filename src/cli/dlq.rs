@@ -14,8 +14,11 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
+use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
@@ -291,13 +294,36 @@ struct Held {
     entry: Entry,
 }
 
-/// Takes every message that is in `sms.dead` now, unacked.
+/// How long the dead-letter consumer may go quiet before the command stops
+/// waiting for the rest of the count it was told (a message another client
+/// removed meanwhile never arrives).
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Why the dead letters could not be taken.
+#[derive(Debug, thiserror::Error)]
+enum TakeError {
+    /// Another command holds them (unacked): this one would see none.
+    #[error(
+        "another dlq command is working on {queue} (it holds its messages until it ends); try again when it has finished"
+    )]
+    Busy { queue: &'static str },
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Takes every message that is in `sms.dead` now, unacked, through one
+/// exclusive consumer (the broker streams them: no round trip per message),
+/// so that two commands never split the queue between them and each report
+/// half of it.
 async fn take_all(
     channel: &Channel,
     now: SystemTime,
     default_ttl: Duration,
-) -> Result<Vec<Held>, lapin::Error> {
-    let count = channel
+) -> Result<Vec<Held>, TakeError> {
+    let busy = TakeError::Busy {
+        queue: topology::DEAD_LETTER_QUEUE,
+    };
+    let queue = channel
         .queue_declare(
             topology::DEAD_LETTER_QUEUE.into(),
             QueueDeclareOptions {
@@ -306,23 +332,45 @@ async fn take_all(
             },
             FieldTable::default(),
         )
-        .await?
-        .message_count();
-    let mut held = Vec::with_capacity(count as usize);
-    while held.len() < count as usize {
-        let Some(message) = channel
-            .basic_get(
-                topology::DEAD_LETTER_QUEUE.into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
-            break;
+        .await?;
+    if queue.consumer_count() > 0 {
+        return Err(busy);
+    }
+    let count = queue.message_count() as usize;
+    let mut held = Vec::with_capacity(count);
+    if count == 0 {
+        return Ok(held);
+    }
+    let options = BasicConsumeOptions {
+        exclusive: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = match channel
+        .basic_consume(
+            topology::DEAD_LETTER_QUEUE.into(),
+            "".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(consumer) => consumer,
+        // ACCESS_REFUSED: another exclusive consumer got there first.
+        Err(e) if e.to_string().contains("ACCESS_REFUSED") => return Err(busy),
+        Err(e) => return Err(e.into()),
+    };
+    while held.len() < count {
+        let delivery = match tokio::time::timeout(QUIET, consumer.next()).await {
+            Ok(Some(delivery)) => delivery?,
+            Ok(None) | Err(_) => break,
         };
-        let delivery = message.delivery;
         let entry = Entry::read(&delivery.data, &delivery.properties, now, default_ttl);
         held.push(Held { delivery, entry });
     }
+    // Deliveries that arrive after the cancel (new dead letters) stay
+    // unacked and go back to the queue when the channel closes.
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(QUIET, cancel).await;
     Ok(held)
 }
 
@@ -377,7 +425,7 @@ pub(super) async fn execute(config: &Config, command: DlqCommand) -> Result<(), 
     let now = SystemTime::now();
     let held = take_all(&channel, now, config.default_ttl)
         .await
-        .map_err(runtime)?;
+        .map_err(CliError::runtime)?;
 
     let result = match &command {
         DlqCommand::List(args) => list(&held, args),
@@ -520,18 +568,27 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
     let (movable, refused): (Vec<&Held>, Vec<&Held>) = chosen
         .iter()
         .partition(|h| h.entry.valid && !h.entry.expired);
+    // Two dead letters of one job (a dead letter published again after an
+    // unconfirmed first try) are replayed once: replaying both would send
+    // the code twice. The copies are removed once the first is back.
+    let mut seen = std::collections::HashSet::new();
+    let (movable, copies): (Vec<&Held>, Vec<&Held>) = movable
+        .into_iter()
+        .partition(|h| h.entry.id.as_ref().is_none_or(|id| seen.insert(id.clone())));
     let mut out = table(movable.iter().map(|h| &h.entry));
     if args.dry_run {
         let _ = writeln!(
             out,
-            "dry run: would replay {}; {}",
+            "dry run: would replay {} (and remove {} copies of them); {}",
             movable.len(),
+            copies.len(),
             refusals(&refused)
         );
         return emit(&out);
     }
     let mut moved = 0;
     let mut failure = None;
+    let mut replayed_ids = std::collections::HashSet::new();
     for h in &movable {
         let properties = h.delivery.properties.clone().with_headers(headers::without(
             h.delivery.properties.headers().as_ref(),
@@ -549,7 +606,10 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
         {
             Ok(()) => {
                 match h.delivery.acker.ack(Default::default()).await {
-                    Ok(true) => moved += 1,
+                    Ok(true) => {
+                        moved += 1;
+                        replayed_ids.extend(h.entry.id.clone());
+                    }
                     // The republish is confirmed but the dead letter stays: a
                     // duplicate, never a loss.
                     _ => {
@@ -566,7 +626,27 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
             }
         }
     }
-    let _ = writeln!(out, "replayed {moved} to sms/send; {}", refusals(&refused));
+    let mut removed = 0;
+    for copy in &copies {
+        let of_replayed = copy
+            .entry
+            .id
+            .as_ref()
+            .is_some_and(|id| replayed_ids.contains(id));
+        if of_replayed && let Ok(true) = copy.delivery.acker.ack(Default::default()).await {
+            removed += 1;
+        }
+    }
+    let duplicates = if removed > 0 {
+        format!(" (and removed {removed} duplicate dead letters of them)")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "replayed {moved} to sms/send{duplicates}; {}",
+        refusals(&refused)
+    );
     emit(&out)?;
     match failure {
         Some(f) => Err(CliError::runtime(f)),
