@@ -157,7 +157,7 @@ fn base_args(queue_type: QueueType) -> FieldTable {
 /// For queues that dead-letter: quorum queues do it at-least-once (a message
 /// on its way from a delay queue back to `sms.send` survives a broker crash),
 /// which needs `reject-publish` overflow. Classic queues dead-letter
-/// at-most-once; the README says so.
+/// at-most-once; docs/guarantees.md says so.
 fn queue_args(queue_type: QueueType) -> FieldTable {
     let mut args = base_args(queue_type);
     if queue_type == QueueType::Quorum {

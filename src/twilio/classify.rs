@@ -28,7 +28,7 @@
 //!
 //! The decision is a table rather than `match` arms scattered through the
 //! sender so that it can be reviewed code by code against Twilio's error
-//! dictionary (`tests/data/twilio-error-codes.json`), printed in the README
+//! dictionary (`tests/data/twilio-error-codes.json`), printed in docs/classification.md
 //! ([`markdown_table`]), shown next to dead letters ([`meaning`]), and checked by
 //! a test that walks the whole dictionary: every code there is either in
 //! [`TABLE`] or explicitly listed (in the tests) as one the Messages create call
@@ -334,7 +334,7 @@ pub(crate) fn meaning(code: u32) -> Option<&'static str> {
     lookup(code).map(|r| r.meaning)
 }
 
-/// The table as a Markdown table (columns: code | class | meaning), for the README; plus the rule for unknown codes as a sentence after it.
+/// The table as a Markdown table (columns: code | class | meaning), for docs/classification.md; plus the rule for unknown codes as a sentence after it.
 #[cfg(test)]
 pub(crate) fn markdown_table() -> String {
     let mut out = String::from("| code | class | meaning |\n| ---: | --- | --- |\n");

@@ -3,7 +3,7 @@
 //! A delivery whose ack was lost (the connection dropped between Twilio's 201
 //! and the ack) comes back; if its id is here, the worker acks it without
 //! calling Twilio again. The memory is bounded in size and age and lives only
-//! in this process: the README says which duplicates it cannot prevent. Ids
+//! in this process: docs/guarantees.md says which duplicates it cannot prevent. Ids
 //! are kept as 128-bit keyed hashes (16 bytes instead of the id itself); two
 //! different ids share one with a probability of about 2⁻¹²⁸.
 
