@@ -2,6 +2,8 @@
 //! (not the worker) gets a connection with the topology declared.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
@@ -36,8 +38,11 @@ impl QueueType {
 /// The broker connection.
 #[derive(Clone)]
 pub(crate) struct BrokerSettings {
-    /// The AMQP URL (it may hold a password).
-    pub url: SecretString,
+    /// One AMQP URL per cluster node (they may hold a password).
+    urls: Vec<SecretString>,
+    /// The node tried first: a random one at start, so a fleet spreads its
+    /// connections; the one that last answered after that.
+    next_node: Arc<AtomicUsize>,
     /// The most jobs one worker holds in flight.
     pub prefetch: u16,
     /// How the work and delay queues are declared.
@@ -48,16 +53,42 @@ pub(crate) struct BrokerSettings {
 }
 
 impl BrokerSettings {
-    /// The URL with any password replaced by `***`, for logs.
+    /// Settings for the cluster nodes at `urls` (at least one).
+    pub(crate) fn new(
+        urls: Vec<SecretString>,
+        prefetch: u16,
+        queue_type: QueueType,
+        reconnect_deadline: Duration,
+    ) -> BrokerSettings {
+        let start = fastrand::usize(..urls.len().max(1));
+        BrokerSettings {
+            urls,
+            next_node: Arc::new(AtomicUsize::new(start)),
+            prefetch,
+            queue_type,
+            reconnect_deadline,
+        }
+    }
+
+    /// The URLs with any password replaced by `***`, for logs.
     pub(crate) fn url_for_logs(&self) -> String {
-        redact_url_password(self.url.expose_secret())
+        self.urls
+            .iter()
+            .map(|u| redact_url_password(u.expose_secret()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// After giving up on a connection: start with the next node next time.
+    pub(crate) fn move_on(&self) {
+        self.next_node.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerSettings")
-            .field("url", &self.url_for_logs())
+            .field("urls", &self.url_for_logs())
             .field("prefetch", &self.prefetch)
             .field("queue_type", &self.queue_type)
             .field("reconnect_deadline", &self.reconnect_deadline)
@@ -95,9 +126,59 @@ pub(crate) enum Recovery {
     None,
 }
 
-/// Opens a connection to the broker.
+/// How long one node may take to accept a connection before the next is
+/// tried.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to the first node that answers, starting with the one
+/// that answered last (at start, a random one), in the order given.
 pub(crate) async fn connect(
     settings: &BrokerSettings,
+    name: &str,
+    recovery: Recovery,
+) -> Result<Connection, lapin::Error> {
+    let nodes = settings.urls.len();
+    let start = settings.next_node.load(Ordering::Relaxed);
+    let mut last_error = None;
+    for step in 0..nodes {
+        let index = (start + step) % nodes;
+        let url = &settings.urls[index];
+        let attempt = connect_node(url, name, recovery);
+        let error = match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => {
+                settings.next_node.store(index, Ordering::Relaxed);
+                if nodes > 1 {
+                    tracing::info!(
+                        node = %redact_url_password(url.expose_secret()),
+                        "connected to broker node {} of {nodes}",
+                        index + 1
+                    );
+                }
+                return Ok(connection);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", NODE_CONNECT_TIMEOUT.as_secs()),
+            )),
+        };
+        if nodes > 1 {
+            tracing::warn!(
+                node = %redact_url_password(url.expose_secret()),
+                error = %error,
+                "broker node did not answer; trying the next"
+            );
+        }
+        last_error = Some(error);
+    }
+    Err(last_error.unwrap_or_else(|| {
+        lapin::Error::from(std::io::Error::other("no broker URL is configured"))
+    }))
+}
+
+/// Opens a connection to one node.
+async fn connect_node(
+    url: &SecretString,
     name: &str,
     recovery: Recovery,
 ) -> Result<Connection, lapin::Error> {
@@ -113,8 +194,7 @@ pub(crate) async fn connect(
         ),
         Recovery::None => properties,
     };
-    let mut uri: lapin::uri::AMQPUri = settings
-        .url
+    let mut uri: lapin::uri::AMQPUri = url
         .expose_secret()
         .parse()
         .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;

@@ -184,13 +184,23 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
     let twilio = build_twilio(source, &raw)?;
 
     let url_key = key_of(&raw.amqp_url, "SMS_DISPATCH_AMQP_URL");
-    let url = raw
+    let urls_text = raw
         .amqp_url
         .map_or_else(|| DEFAULT_AMQP_URL.to_owned(), |u| u.value);
-    if url.parse::<lapin::uri::AMQPUri>().is_err() {
+    // One URL, or one per cluster node, comma-separated.
+    let urls: Vec<String> = urls_text
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty()
+        || urls
+            .iter()
+            .any(|u| u.parse::<lapin::uri::AMQPUri>().is_err())
+    {
         return Err(err(
             url_key,
-            "is not an AMQP URL",
+            "is not an AMQP URL (or a comma-separated list of them, one per cluster node)",
             "use the form amqp://user:password@host:5672/vhost (vhost `/` is %2f)",
         ));
     }
@@ -301,12 +311,12 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
 
     Ok(Config {
         source: source.to_owned(),
-        broker: BrokerSettings {
-            url: SecretString::from(url),
+        broker: BrokerSettings::new(
+            urls.into_iter().map(SecretString::from).collect(),
             prefetch,
             queue_type,
             reconnect_deadline,
-        },
+        ),
         http_addr,
         default_ttl,
         retry,
@@ -592,6 +602,28 @@ content = "Welcome! {{{{code}}}}"
         assert_eq!(config.http_addr.port(), 0);
         assert_eq!(config.log_format, Some(LogFormat::Json));
         assert!(config.ingest_token.is_some());
+    }
+
+    #[test]
+    fn the_amqp_url_may_list_every_cluster_node() {
+        let config = load(
+            None,
+            &[(
+                "SMS_DISPATCH_AMQP_URL",
+                "amqp://u:p@node1:5672/v, amqp://u:p@node2:5672/v,amqp://u:p@node3:5672/v",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            config.broker.url_for_logs(),
+            "amqp://u:***@node1:5672/v,amqp://u:***@node2:5672/v,amqp://u:***@node3:5672/v"
+        );
+        let bad = load(
+            None,
+            &[("SMS_DISPATCH_AMQP_URL", "amqp://node1:5672/v,nope")],
+        )
+        .unwrap_err();
+        assert_eq!(bad.field, "SMS_DISPATCH_AMQP_URL");
     }
 
     #[test]

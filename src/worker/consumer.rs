@@ -137,6 +137,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
                     "lapin did not recover the broker connection in time; opening a new one"
                 );
                 abandon(session);
+                broker.move_on();
                 match open_session(&broker, &health, &shared, &shutdown).await {
                     Ok(next) => {
                         session = next;
