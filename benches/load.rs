@@ -9,9 +9,6 @@
 //! `BENCH_WRAP="valgrind --tool=massif"` (it is stopped with SIGTERM, so the
 //! profiler writes its report).
 
-#[path = "../tests/support/fake_twilio.rs"]
-mod fake_twilio;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 

@@ -1,8 +1,5 @@
 //! The fake Twilio answers like Twilio: a 201 message resource, 401/20003 for bad credentials, 404/20404 for a wrong path or account, the validation codes, the magic test numbers; and it plays scripts, Retry-After, HTML pages, hang-ups, latency and `wait_until` as the other tests rely on.
 
-#[path = "support/fake_twilio.rs"]
-mod fake_twilio;
-
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -4,14 +4,12 @@
 //! (`/readyz` across a broker outage is checked in `tests/broker_restart.rs`,
 //! on a broker node of its own.)
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
-use support::*;
 
 const SECS: Duration = Duration::from_secs(30);
 

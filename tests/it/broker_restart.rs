@@ -2,12 +2,10 @@
 //! reports not ready while the broker is gone, recovers by itself, and every
 //! job is sent, a redelivered one no more than once by this worker.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const SECS: Duration = Duration::from_secs(60);
 
@@ -53,7 +51,7 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         let ingest = reqwest::Client::new()
             .post(format!("http://{}/v1/send", worker.http))
             .header("Authorization", "Bearer restart-test-token")
-            .json(&serde_json::json!({"to": number(), "type": "SignIn", "payload": {"code": support::code()}}))
+            .json(&serde_json::json!({"to": number(), "type": "SignIn", "payload": {"code": crate::support::code()}}))
             .send()
             .await
             .unwrap();

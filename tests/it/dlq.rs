@@ -3,15 +3,13 @@
 //! exactly what was selected, refuses expired jobs and never moves a message
 //! twice, even with two replays at once; `dlq purge` needs --yes.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use crate::support::*;
 use lapin::BasicProperties;
 use sms_dispatch::wire::Publisher;
 use sms_dispatch::wire::{DeadLetter, Reason};
-use support::*;
 
 const SECS: Duration = Duration::from_secs(30);
 

@@ -3,12 +3,10 @@
 //! with the job id only after the broker confirmed the job, which is then
 //! sent like any other.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const SECS: Duration = Duration::from_secs(30);
 const TOKEN: &str = "ingest-token-for-tests-0123456789";
@@ -38,7 +36,7 @@ async fn logtos_http_connector_can_post_a_job() {
     within(60, async {
         let bed = bed_with_ingest().await;
         let to = number();
-        let code = support::code();
+        let code = crate::support::code();
         // Exactly what Logto's HTTP SMS connector sends.
         let job = json!({
             "to": to,
@@ -73,7 +71,8 @@ async fn logtos_http_connector_can_post_a_job() {
 async fn no_token_no_entry_and_a_bad_body_is_a_400() {
     within(60, async {
         let bed = bed_with_ingest().await;
-        let good = json!({"to": number(), "type": "SignIn", "payload": {"code": support::code()}});
+        let good =
+            json!({"to": number(), "type": "SignIn", "payload": {"code": crate::support::code()}});
         for auth in [None, Some("Bearer wrong"), Some(TOKEN)] {
             let (status, body) = post(&bed, auth, &good).await;
             assert_eq!(status, 401, "{auth:?}");

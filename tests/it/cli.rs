@@ -2,12 +2,10 @@
 //! refuses bad configs with one line and exit code 2; `send` publishes a job
 //! the worker accepts, confirmed by the real broker.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 #[test]
 fn check_config_shows_encoding_and_segments_and_warns() {
@@ -136,7 +134,7 @@ async fn send_publishes_a_job_the_worker_accepts() {
     within(60, async {
         let vhost = Vhost::create();
         let to = number();
-        let code = support::code();
+        let code = crate::support::code();
         let (exit, out, err) = tokio::task::spawn_blocking({
             let url = vhost.url.clone();
             let to = to.clone();
@@ -221,7 +219,7 @@ fn send_fails_with_exit_code_1_when_the_broker_is_unreachable() {
 
 #[test]
 fn the_log_scan_catches_codes_tokens_and_numbers() {
-    let code = support::code();
+    let code = crate::support::code();
     let lines = |l: &str| vec![l.to_owned()];
     assert!(scan_logs(&lines(r#"{"message":"sent","to":"+81********78"}"#), true).is_empty());
     assert!(

@@ -1,13 +1,11 @@
 //! The worker against a real RabbitMQ and the fake Twilio: every job ends as
 //! exactly one Twilio message or one dead letter with a reason.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use lapin::BasicProperties;
 use serde_json::json;
-use support::*;
 
 const SECS: Duration = Duration::from_secs(30);
 

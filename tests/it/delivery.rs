@@ -3,12 +3,10 @@
 //! instead of dead-lettering, SIGTERM finishes what is in flight, and a kill -9
 //! loses nothing.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const SECS: Duration = Duration::from_secs(30);
 

@@ -7,9 +7,7 @@
 //! It is fast enough for a load benchmark: no logging, short critical sections, and the
 //! only per-request work that grows with the history is the append to the record.
 //!
-//! Included with `#[path = "support/fake_twilio.rs"] mod fake_twilio;` by several test
-//! crates and a bench, each using a different subset: hence `allow(dead_code)`.
-#![allow(dead_code)]
+//! Shared by sms-dispatch's integration tests (`tests/it`) and its load benchmark.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -29,14 +27,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-pub(crate) const TEST_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
-pub(crate) const TEST_AUTH_TOKEN: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f";
-pub(crate) const TEST_API_KEY: &str = "SK00112233445566778899aabbccddeeff";
-pub(crate) const TEST_API_SECRET: &str = "fake-api-secret-0123456789abcdefXYZ";
-pub(crate) const TEST_MESSAGING_SERVICE_SID: &str = "MG89abcdef0123456789abcdef01234567";
+/// The account the fake serves by default (the path's `{AccountSid}`, the basic-auth user).
+pub const TEST_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+/// The default account's auth token (the basic-auth password).
+pub const TEST_AUTH_TOKEN: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f";
+/// An API key sid accepted as the basic-auth user by default.
+pub const TEST_API_KEY: &str = "SK00112233445566778899aabbccddeeff";
+/// The secret of [`TEST_API_KEY`].
+pub const TEST_API_SECRET: &str = "fake-api-secret-0123456789abcdefXYZ";
+/// A Messaging Service sid for the `MessagingServiceSid` parameter.
+pub const TEST_MESSAGING_SERVICE_SID: &str = "MG89abcdef0123456789abcdef01234567";
 
 /// Twilio rejects a `Body` longer than this many characters (21617).
-pub(crate) const MAX_BODY_CHARS: usize = 1600;
+const MAX_BODY_CHARS: usize = 1600;
 /// A request body larger than this is refused with 413 before it is parsed.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
 const API_VERSION: &str = "2010-04-01";
@@ -48,7 +51,8 @@ const TWILIO_CONCURRENT_REQUESTS: HeaderName =
 // Configuration
 // ---------------------------------------------------------------------------------------
 
-pub(crate) struct FakeTwilioConfig {
+/// How to start a fake: the account it serves, the credentials it accepts, its latency.
+pub struct FakeTwilioConfig {
     /// The only account the path may name (any other gives 404 / 20404).
     pub account_sid: String,
     /// Accepted basic-auth (user, password) pairs.
@@ -88,7 +92,7 @@ enum ReplyKind {
 
 /// What the fake answers to one request.
 #[derive(Clone, Debug)]
-pub(crate) struct Reply {
+pub struct Reply {
     kind: ReplyKind,
     status: u16,
     code: Option<u32>,
@@ -108,7 +112,7 @@ fn checked_status(status: u16) -> u16 {
 
 impl Reply {
     /// 201 with a message resource.
-    pub(crate) fn created() -> Reply {
+    pub fn created() -> Reply {
         Reply {
             kind: ReplyKind::Created,
             status: 201,
@@ -121,7 +125,7 @@ impl Reply {
 
     /// Twilio's JSON error body `{code, message, more_info, status}`; the message is
     /// Twilio's own text for the codes this fake knows, else "Error {code}".
-    pub(crate) fn error(status: u16, code: u32) -> Reply {
+    pub fn error(status: u16, code: u32) -> Reply {
         Reply {
             kind: ReplyKind::Json,
             status: checked_status(status),
@@ -133,13 +137,13 @@ impl Reply {
     }
 
     /// 429 / 20429 "Too Many Requests" (Twilio's concurrency limit), no Retry-After.
-    pub(crate) fn too_many_requests() -> Reply {
+    pub fn too_many_requests() -> Reply {
         Reply::error(429, 20429)
     }
 
     /// 500 → 20500 "Internal Server Error", 503 → 20503 "Service Unavailable",
     /// any other status → code 20000 + status.
-    pub(crate) fn server_error(status: u16) -> Reply {
+    pub fn server_error(status: u16) -> Reply {
         let code = match status {
             500 => 20500,
             503 => 20503,
@@ -149,7 +153,7 @@ impl Reply {
     }
 
     /// A proxy's HTML error page (nginx style), `text/html`, not JSON.
-    pub(crate) fn html(status: u16) -> Reply {
+    pub fn html(status: u16) -> Reply {
         Reply {
             kind: ReplyKind::Html,
             status: checked_status(status),
@@ -162,7 +166,7 @@ impl Reply {
 
     /// Read the request, then close the connection without any HTTP answer.
     /// Recorded with status 0.
-    pub(crate) fn hang_up() -> Reply {
+    pub fn hang_up() -> Reply {
         Reply {
             kind: ReplyKind::HangUp,
             status: 0,
@@ -174,7 +178,7 @@ impl Reply {
     }
 
     /// Adds a `Retry-After` header (seconds or HTTP-date), sent verbatim.
-    pub(crate) fn with_retry_after(mut self, value: &str) -> Reply {
+    pub fn with_retry_after(mut self, value: &str) -> Reply {
         assert!(
             HeaderValue::from_str(value).is_ok(),
             "fake_twilio: {value:?} is not a valid header value"
@@ -184,23 +188,15 @@ impl Reply {
     }
 
     /// Overrides the default latency for this answer.
-    pub(crate) fn with_latency(mut self, latency: Duration) -> Reply {
+    pub fn with_latency(mut self, latency: Duration) -> Reply {
         self.latency = Some(latency);
         self
     }
 
-    /// Overrides the `message` of a JSON error body (extension).
-    pub(crate) fn with_message(mut self, message: &str) -> Reply {
+    /// Overrides the `message` of a JSON error body.
+    fn with_message(mut self, message: &str) -> Reply {
         self.message = Some(message.to_string());
         self
-    }
-
-    pub(crate) fn status(&self) -> u16 {
-        self.status
-    }
-
-    pub(crate) fn code(&self) -> Option<u32> {
-        self.code
     }
 }
 
@@ -245,7 +241,7 @@ fn twilio_message(code: u32, to: &str, from: &str) -> String {
 
 /// One request that reached the fake, with what it was answered.
 #[derive(Clone, Debug)]
-pub(crate) struct Received {
+pub struct Received {
     /// When the request (head and body) had arrived, before the latency.
     pub at: Instant,
     /// When the answer was sent (or the connection closed), after the latency.
@@ -254,24 +250,29 @@ pub(crate) struct Received {
     pub account_sid: String,
     /// Basic-auth user ("" if none or undecodable).
     pub username: String,
+    /// The form parameters (none unless the body was `application/x-www-form-urlencoded`).
     pub form: BTreeMap<String, String>,
     /// What the fake answered (0 for a hang-up).
     pub status: u16,
+    /// The `code` of a JSON error answer.
     pub twilio_code: Option<u32>,
     /// The SM… sid when answered 201.
     pub sid: Option<String>,
 }
 
 impl Received {
-    pub(crate) fn to(&self) -> &str {
+    /// The `To` parameter ("" if absent).
+    pub fn to(&self) -> &str {
         self.field("To").unwrap_or("")
     }
 
-    pub(crate) fn body(&self) -> &str {
+    /// The `Body` parameter ("" if absent).
+    pub fn body(&self) -> &str {
         self.field("Body").unwrap_or("")
     }
 
-    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+    /// A form parameter.
+    pub fn field(&self, name: &str) -> Option<&str> {
         self.form.get(name).map(String::as_str)
     }
 }
@@ -321,17 +322,18 @@ impl Drop for Server {
 
 /// Handle on a running fake; clones share it. Dropping the last one stops the server.
 #[derive(Clone)]
-pub(crate) struct FakeTwilio {
+pub struct FakeTwilio {
     server: Arc<Server>,
 }
 
 impl FakeTwilio {
     /// Default config, bound to 127.0.0.1:0.
-    pub(crate) async fn start() -> FakeTwilio {
+    pub async fn start() -> FakeTwilio {
         FakeTwilio::start_with(FakeTwilioConfig::default()).await
     }
 
-    pub(crate) async fn start_with(config: FakeTwilioConfig) -> FakeTwilio {
+    /// A fake with `config`, bound to 127.0.0.1:0.
+    pub async fn start_with(config: FakeTwilioConfig) -> FakeTwilio {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("fake_twilio: bind 127.0.0.1:0");
@@ -365,13 +367,13 @@ impl FakeTwilio {
     }
 
     /// "http://127.0.0.1:PORT"
-    pub(crate) fn base_url(&self) -> String {
+    pub fn base_url(&self) -> String {
         self.server.base_url.clone()
     }
 
     /// Replies for one `To` (E.164 as sent), used in order before the default.
     /// Calling it again for the same `To` appends. A script wins over the magic numbers.
-    pub(crate) fn script(&self, to: &str, replies: impl IntoIterator<Item = Reply>) {
+    pub fn script(&self, to: &str, replies: impl IntoIterator<Item = Reply>) {
         let mut state = lock(&self.shared().state);
         let queue = state.scripts.entry(to.to_string()).or_default();
         queue.extend(replies);
@@ -381,22 +383,23 @@ impl FakeTwilio {
     }
 
     /// The answer for every request without a scripted reply (initially `Reply::created()`).
-    pub(crate) fn set_default(&self, reply: Reply) {
+    pub fn set_default(&self, reply: Reply) {
         lock(&self.shared().state).default = reply;
     }
 
-    pub(crate) fn set_latency(&self, latency: Duration) {
+    /// The wait before every answer without a latency of its own (initially the config's).
+    pub fn set_latency(&self, latency: Duration) {
         lock(&self.shared().state).latency = latency;
     }
 
     /// Every request that reached the fake (even ones answered with an error or hung up
     /// on), in arrival order. A request appears once it has been answered.
-    pub(crate) fn requests(&self) -> Vec<Received> {
+    pub fn requests(&self) -> Vec<Received> {
         lock(&self.shared().records).clone()
     }
 
     /// Only those answered 201.
-    pub(crate) fn accepted(&self) -> Vec<Received> {
+    pub fn accepted(&self) -> Vec<Received> {
         lock(&self.shared().records)
             .iter()
             .filter(|r| r.status == 201)
@@ -405,17 +408,17 @@ impl FakeTwilio {
     }
 
     /// Number of recorded (answered) requests: `requests().len()`.
-    pub(crate) fn request_count(&self) -> usize {
+    pub fn request_count(&self) -> usize {
         lock(&self.shared().records).len()
     }
 
     /// Requests being answered right now (read, inside the latency wait).
-    pub(crate) fn in_flight(&self) -> usize {
+    pub fn in_flight(&self) -> usize {
         self.shared().in_flight.load(Ordering::SeqCst)
     }
 
     /// High-water mark of `in_flight` since start.
-    pub(crate) fn max_in_flight(&self) -> usize {
+    pub fn max_in_flight(&self) -> usize {
         self.shared().max_in_flight.load(Ordering::SeqCst)
     }
 
@@ -423,7 +426,7 @@ impl FakeTwilio {
     /// recorded request (no polling). `pred` runs under the record's lock: keep it cheap.
     /// Panics with `what` and a summary (count per status and code, never bodies) when
     /// `deadline` passes.
-    pub(crate) async fn wait_until(
+    pub async fn wait_until(
         &self,
         deadline: Duration,
         what: &str,
@@ -855,7 +858,7 @@ fn gsm7_septets(c: char) -> Option<usize> {
 }
 
 /// SMS segments for `body`: GSM-7 160 / 153 septets, else UCS-2 70 / 67 UTF-16 units.
-pub(crate) fn num_segments(body: &str) -> usize {
+pub fn num_segments(body: &str) -> usize {
     let septets: Option<usize> = body.chars().map(gsm7_septets).sum();
     let (units, single, part) = match septets {
         Some(septets) => (septets, 160, 153),
@@ -869,7 +872,7 @@ pub(crate) fn num_segments(body: &str) -> usize {
 }
 
 /// Twilio's date format: "Thu, 30 Jul 2015 20:12:31 +0000".
-pub(crate) fn format_rfc2822(time: SystemTime) -> String {
+pub fn format_rfc2822(time: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

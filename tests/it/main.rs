@@ -1,0 +1,14 @@
+//! sms-dispatch's integration tests, one binary (one link): the real worker
+//! binary and commands against the real RabbitMQ and a fake Twilio, one
+//! module per contract, with the helpers they share in `support`.
+
+mod broker_faults;
+mod broker_restart;
+mod cli;
+mod delivery;
+mod dlq;
+mod fake_twilio;
+mod ingest;
+mod observability;
+mod support;
+mod worker;

@@ -1,0 +1,62 @@
+//! Configuration files the worker and the commands read.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use fake_twilio::{TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_MESSAGING_SERVICE_SID};
+use serde_json::{Value, json};
+
+/// A config file in the temp dir, removed on drop.
+pub(crate) struct ConfigFile(pub PathBuf);
+
+impl ConfigFile {
+    pub(crate) fn write(ext: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "sms-dispatch-test-{}.{ext}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        ConfigFile(path)
+    }
+
+    /// Logto's Twilio connector JSON with the fake's credentials and these
+    /// templates (type, locale, content).
+    pub(crate) fn logto(templates: &[(&str, Option<&str>, &str)]) -> ConfigFile {
+        let templates: Vec<Value> = templates
+            .iter()
+            .map(|(kind, locale, content)| {
+                let mut t = json!({"usageType": kind, "content": content});
+                if let Some(l) = locale {
+                    t["locale"] = json!(l);
+                }
+                t
+            })
+            .collect();
+        let config = json!({
+            "accountSID": TEST_ACCOUNT_SID,
+            "authToken": TEST_AUTH_TOKEN,
+            "fromMessagingServiceSID": TEST_MESSAGING_SERVICE_SID,
+            "templates": templates,
+        });
+        ConfigFile::write("json", &config.to_string())
+    }
+
+    /// A Logto config with one template per type.
+    pub(crate) fn full() -> ConfigFile {
+        ConfigFile::logto(&[
+            ("SignIn", None, "Your sign-in code is {{code}}"),
+            ("Register", None, "Welcome! Your code is {{code}}"),
+            ("ForgotPassword", None, "Reset code: {{code}}"),
+            ("Generic", None, "Your code is {{code}}"),
+        ])
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
