@@ -1,6 +1,10 @@
 //! A broker restart mid-run, on a RabbitMQ node of the test's own: the worker
 //! reports not ready while the broker is gone, recovers by itself, and every
 //! job is sent, a redelivered one no more than once by this worker.
+//!
+//! Each test sets its own pace: the fake Twilio answers a set number of calls
+//! and then holds the rest at its gate, so the broker always stops mid-run,
+//! with a prefetch worth of calls in flight, however fast the machine.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +22,7 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         let vhost = node.vhost();
         let twilio = FakeTwilio::start().await;
         twilio.set_latency(Duration::from_millis(100));
-        let config = ConfigFile::full();
+        let config = ConfigFile::patient();
         let prefetch: u16 = 32;
         let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
         options.prefetch = prefetch;
@@ -30,12 +34,16 @@ async fn a_broker_restart_mid_run_loses_nothing() {
         }
         let worker = WorkerProcess::start_ready(options).await;
         let jobs: Vec<TestJob> = (0..1000).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        // 150 jobs go out, then the run stalls with a prefetch worth of calls
+        // held in flight: the broker stops there, mid-run.
+        let before_stop = 150;
+        twilio.hold_after(before_stop);
         vhost.publish_all(&jobs).await;
-        twilio
-            .wait_until(SECS, "a quarter of the jobs sent", |r| {
-                r.iter().filter(|r| r.status == 201).count() >= 150
-            })
+        let held = twilio
+            .wait_held(usize::from(prefetch), SECS, "a prefetch worth of calls in flight")
             .await;
+        assert_eq!(held, usize::from(prefetch), "no more calls than the prefetch");
+        assert_eq!(twilio.accepted().len(), before_stop);
 
         let stopping = {
             let node = node.node.clone();
@@ -57,6 +65,9 @@ async fn a_broker_restart_mid_run_loses_nothing() {
             .unwrap();
         assert_eq!(ingest.status(), 503);
         assert_eq!(metric(&worker.metrics().await, "sms_amqp_connected", ""), Some(0.0));
+        // The calls in flight across the loss are answered now, with no
+        // channel left to ack them on.
+        twilio.release();
         stopping.await.unwrap();
         let sent_while_down = twilio.accepted().len();
         assert!(
@@ -119,7 +130,7 @@ async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
         let vhost = node.vhost();
         let twilio = FakeTwilio::start().await;
         twilio.set_latency(Duration::from_millis(50));
-        let config = ConfigFile::full();
+        let config = ConfigFile::patient();
         let prefetch: u16 = 16;
         let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
         options.prefetch = prefetch;
@@ -127,16 +138,22 @@ async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
         let jobs: Vec<TestJob> = (0..300)
             .map(|_| TestJob::new(&number(), "SignIn"))
             .collect();
+        // 60 jobs go out, then the run stalls with a prefetch worth of calls
+        // held in flight, and the outage starts there.
+        twilio.hold_after(60);
         vhost.publish_all(&jobs).await;
         twilio
-            .wait_until(SECS, "some jobs sent", |r| {
-                r.iter().filter(|r| r.status == 201).count() >= 60
-            })
+            .wait_held(
+                usize::from(prefetch),
+                SECS,
+                "a prefetch worth of calls in flight",
+            )
             .await;
         let name = node.node.clone();
         tokio::task::spawn_blocking(move || rabbitmqctl(Some(&name), &["stop_app"]))
             .await
             .unwrap();
+        twilio.release();
         worker
             .wait_log(SECS, "the worker to give up on lapin's recovery", |l| {
                 (l["message"]

@@ -2,6 +2,9 @@
 //! honour Retry-After, stale codes are never sent, account faults pause
 //! instead of dead-lettering, SIGTERM finishes what is in flight, and a kill -9
 //! loses nothing.
+//!
+//! Faults land where the test puts them: the fake Twilio holds calls at its
+//! gate until the test has done what it must, instead of racing the machine.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -188,10 +191,12 @@ async fn a_stale_code_is_never_sent() {
     within(60, async {
         let bed = TestBed::start(ConfigFile::full()).await;
         let stale = TestJob::new(&number(), "SignIn").expired();
-        // 4 s left, but Twilio says come back in 10 s: no retry past expiry.
-        let short = TestJob::new(&number(), "SignIn").expires_in(Duration::from_secs(4));
+        // 30 s left (time enough for a first attempt on a busy machine), but
+        // Twilio says come back in 60 s: no retry past expiry.
+        let left: u64 = 30;
+        let short = TestJob::new(&number(), "SignIn").expires_in(Duration::from_secs(left));
         bed.twilio
-            .script(&short.to, [Reply::server_error(503).with_retry_after("10")]);
+            .script(&short.to, [Reply::server_error(503).with_retry_after("60")]);
         bed.publish(&stale).await;
         bed.publish(&short).await;
         let dead = bed.dead_letters(2, SECS).await;
@@ -215,7 +220,7 @@ async fn a_stale_code_is_never_sent() {
             .parse()
             .unwrap();
         assert!(
-            validity <= 4,
+            validity <= left,
             "ValidityPeriod {validity} is more than the time left"
         );
         bed.worker.finish().await;
@@ -303,9 +308,10 @@ async fn an_account_fault_pauses_the_worker_and_it_resumes_by_itself() {
 async fn sigterm_lets_jobs_in_flight_finish_and_exits_0() {
     within(60, async {
         let twilio = FakeTwilio::start().await;
-        twilio.set_latency(Duration::from_secs(2));
+        // The calls stay in flight until the worker has taken SIGTERM in.
+        twilio.hold();
         let vhost = Vhost::create();
-        let config = ConfigFile::full();
+        let config = ConfigFile::patient();
         let mut worker =
             WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
         let conn = vhost.connect().await;
@@ -319,6 +325,15 @@ async fn sigterm_lets_jobs_in_flight_finish_and_exits_0() {
         })
         .await;
         worker.terminate();
+        let waiting = worker
+            .wait_log(SECS, "the worker to stop for SIGTERM", |l| {
+                (l["message"] == "shutting down: waiting for jobs in flight")
+                    .then(|| l["in_flight"].as_u64())
+                    .flatten()
+            })
+            .await;
+        assert_eq!(waiting, 10, "it waits for every job in flight");
+        twilio.release();
         let status = worker.wait_exit(SECS).await;
         assert!(status.success(), "exit status {status}");
         assert_eq!(twilio.accepted().len(), 10, "every job in flight finished");
@@ -332,9 +347,10 @@ async fn sigterm_lets_jobs_in_flight_finish_and_exits_0() {
 async fn what_misses_the_grace_period_goes_back_to_the_queue_untouched() {
     within(60, async {
         let twilio = FakeTwilio::start().await;
-        twilio.set_latency(Duration::from_secs(10));
+        // Held for good: no call finishes within the grace period.
+        twilio.hold();
         let vhost = Vhost::create();
-        let config = ConfigFile::full();
+        let config = ConfigFile::patient();
         let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
         options
             .env
@@ -379,7 +395,7 @@ async fn kill_9_with_2000_jobs_in_flight_loses_nothing() {
         let vhost = Vhost::create();
         let twilio = FakeTwilio::start().await;
         twilio.set_latency(Duration::from_millis(20));
-        let config = ConfigFile::full();
+        let config = ConfigFile::patient();
         let prefetch: u16 = 64;
         let options = || {
             let mut o = WorkerOptions::new(&vhost.url, &config, &twilio);
@@ -390,17 +406,21 @@ async fn kill_9_with_2000_jobs_in_flight_loses_nothing() {
         let conn = vhost.connect().await;
         let publisher = vhost.publisher(&conn).await;
         let jobs: Vec<TestJob> = (0..2000).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        // A quarter of the jobs go out, then a prefetch worth of calls is
+        // held in flight: the kill lands there.
+        twilio.hold_after(500);
         for job in &jobs {
             publish(&publisher, job).await;
         }
-        twilio
-            .wait_until(Duration::from_secs(120), "a quarter of the jobs sent", |r| {
-                r.iter().filter(|r| r.status == 201).count() >= 500
-            })
+        let held = twilio
+            .wait_held(usize::from(prefetch), Duration::from_secs(120), "a prefetch worth of calls in flight")
             .await;
+        assert_eq!(held, usize::from(prefetch), "no more calls than the prefetch");
         first.kill9();
         first.wait_exit(SECS).await;
         let at_kill = twilio.accepted().len();
+        // Twilio still sends what it received before the kill.
+        twilio.release();
 
         let second = WorkerProcess::start_ready(options()).await;
         eventually(Duration::from_secs(120), "every job sent", || {

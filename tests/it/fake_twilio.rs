@@ -626,13 +626,14 @@ async fn hang_up_closes_without_answer_and_is_recorded() {
 #[tokio::test]
 async fn latency_holds_concurrent_requests_in_flight() {
     within_deadline(async {
-        // Long enough that 50 connections are surely open before the first answer, even
-        // on a busy machine; the assertions are on the counters, not on elapsed time.
         let fake = FakeTwilio::start_with(FakeTwilioConfig {
             latency: Duration::from_millis(1000),
             ..FakeTwilioConfig::default()
         })
         .await;
+        // The gate keeps all 50 in flight until the last has arrived, however busy the
+        // machine; the latency then still applies to each.
+        fake.hold();
         let client = client();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..50 {
@@ -654,6 +655,12 @@ async fn latency_holds_concurrent_requests_in_flight() {
                     .unwrap()
             });
         }
+        assert_eq!(
+            fake.wait_held(50, Duration::from_secs(20), "all 50 requests")
+                .await,
+            50
+        );
+        fake.release();
         let mut concurrent = Vec::new();
         while let Some(result) = tasks.join_next().await {
             concurrent.push(result.unwrap());
@@ -688,9 +695,10 @@ async fn latency_holds_concurrent_requests_in_flight() {
 async fn request_is_recorded_even_if_the_client_gives_up() {
     within_deadline(async {
         let fake = FakeTwilio::start().await;
-        fake.set_latency(Duration::from_millis(500));
+        // Held until the client has given up, however long that takes.
+        fake.hold();
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(100))
+            .timeout(Duration::from_millis(1000))
             .build()
             .unwrap();
         let err = client
@@ -701,6 +709,12 @@ async fn request_is_recorded_even_if_the_client_gives_up() {
             .await
             .expect_err("the client times out first");
         assert!(err.is_timeout(), "{err:?}");
+        assert_eq!(
+            fake.wait_held(1, Duration::from_secs(5), "the request")
+                .await,
+            1
+        );
+        fake.release();
         // Like Twilio, the message was created anyway: the ambiguity of a timeout.
         let seen = fake
             .wait_until(Duration::from_secs(5), "the abandoned request", |r| {
@@ -709,6 +723,40 @@ async fn request_is_recorded_even_if_the_client_gives_up() {
             .await;
         assert_eq!(seen[0].status, 201);
         assert_eq!(fake.in_flight(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_gate_holds_requests_in_flight_until_released() {
+    within_deadline(async {
+        let fake = FakeTwilio::start().await;
+        fake.hold_after(2);
+        let client = client();
+        let form = [("To", TO), ("From", FROM), ("Body", "hi")];
+        for _ in 0..2 {
+            assert_eq!(send(&client, &fake, &form).await.status().as_u16(), 201);
+        }
+        let held = {
+            let (client, fake) = (client.clone(), fake.clone());
+            tokio::spawn(async move { send(&client, &fake, &form).await.status().as_u16() })
+        };
+        assert_eq!(
+            fake.wait_held(1, Duration::from_secs(10), "the third request")
+                .await,
+            1
+        );
+        assert_eq!(fake.in_flight(), 1, "a held request is in flight");
+        assert_eq!(fake.request_count(), 2, "and not answered");
+        fake.release();
+        assert_eq!(held.await.unwrap(), 201);
+        assert_eq!(fake.held(), 0);
+        assert_eq!(fake.in_flight(), 0);
+        assert_eq!(fake.accepted().len(), 3);
+        assert_eq!(fake.max_in_flight(), 1);
+        // An open gate holds nothing.
+        assert_eq!(send(&client, &fake, &form).await.status().as_u16(), 201);
+        assert_eq!(fake.held(), 0);
     })
     .await
 }

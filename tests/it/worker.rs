@@ -285,13 +285,28 @@ async fn keeps_a_prefetch_worth_of_slow_calls_in_flight() {
     within(120, async {
         let twilio = FakeTwilio::start().await;
         twilio.set_latency(Duration::from_millis(200));
-        let bed = TestBed::start_with(ConfigFile::full(), twilio, |o| o.prefetch = 100).await;
+        // Every call is held until the test has seen how many the worker
+        // keeps in flight: that follows from the prefetch, not from how fast
+        // this machine lets the worker read and send.
+        twilio.hold();
+        let bed = TestBed::start_with(ConfigFile::patient(), twilio, |o| o.prefetch = 100).await;
         let jobs: Vec<TestJob> = (0..400)
             .map(|_| TestJob::new(&number(), "SignIn"))
             .collect();
         for job in &jobs {
             bed.publish(job).await;
         }
+        let held = bed
+            .twilio
+            .wait_held(100, Duration::from_secs(60), "a prefetch worth of calls")
+            .await;
+        assert_eq!(held, 100, "as many calls in flight as the prefetch");
+        assert_eq!(
+            ready(&bed.channel, "sms.send").await,
+            300,
+            "the broker keeps the rest until the worker acks"
+        );
+        bed.twilio.release();
         bed.twilio
             .wait_until(Duration::from_secs(60), "every job sent", |r| {
                 r.iter().filter(|r| r.status == 201).count() >= jobs.len()

@@ -1,7 +1,12 @@
 //! A fake of Twilio's Messages API (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`)
 //! that answers like Twilio: basic auth, form validation, the test credentials' magic
 //! numbers, Twilio's JSON error body, a 201 message resource, plus scripted failures
-//! (JSON errors, a proxy's HTML page, a hang-up without an answer) and latency.
+//! (JSON errors, a proxy's HTML page, a hang-up without an answer), latency, and a gate
+//! that holds calls until the test opens it.
+//!
+//! The gate is how a test controls its own pace: closed, every call the worker makes
+//! stays in flight (read, unanswered), so a fault injected then lands while the worker
+//! holds what its limits allow, however fast or slow the machine is.
 //!
 //! Built on hyper's HTTP/1 server directly, so that it can hang up without answering.
 //! It is fast enough for a load benchmark: no logging, short critical sections, and the
@@ -24,7 +29,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The account the fake serves by default (the path's `{AccountSid}`, the basic-auth user).
@@ -285,6 +290,8 @@ struct State {
     scripts: HashMap<String, VecDeque<Reply>>,
     default: Reply,
     latency: Duration,
+    /// The gate: `None` when open; `Some(n)` when closed after `n` more requests.
+    passes: Option<usize>,
 }
 
 struct Shared {
@@ -294,6 +301,11 @@ struct Shared {
     records: Mutex<Vec<Received>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Requests waiting at the closed gate.
+    held: AtomicUsize,
+    /// Whether the gate is open; held requests wait for `true`.
+    open: watch::Sender<bool>,
+    /// Woken when a request is recorded or held.
     recorded: Notify,
     /// Random per instance, so sids from two fakes in one process never collide.
     sid_prefix: u64,
@@ -317,7 +329,15 @@ impl Drop for Server {
         // The accept task owns the JoinSet of connection tasks: aborting it closes the
         // listener and every open connection.
         self.accept.abort();
+        // Held requests finish (into closed connections) instead of waiting forever.
+        set_gate(&self.shared, None);
     }
+}
+
+/// Opens the gate (`None`) or closes it after `passes` more requests.
+fn set_gate(shared: &Shared, passes: Option<usize>) {
+    lock(&shared.state).passes = passes;
+    shared.open.send_replace(passes.is_none());
 }
 
 /// Handle on a running fake; clones share it. Dropping the last one stops the server.
@@ -345,10 +365,13 @@ impl FakeTwilio {
                 scripts: HashMap::new(),
                 default: Reply::created(),
                 latency: config.latency,
+                passes: None,
             }),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            open: watch::Sender::new(true),
             recorded: Notify::new(),
             sid_prefix: fastrand::u64(..),
         });
@@ -392,6 +415,40 @@ impl FakeTwilio {
         lock(&self.shared().state).latency = latency;
     }
 
+    /// Closes the gate: every request that arrives from now on is held (read, counted in
+    /// flight, unanswered) until [`FakeTwilio::release`]. A worker's calls then pile up to
+    /// what its own limits allow, and stay there while the test does what it must.
+    pub fn hold(&self) {
+        self.hold_after(0);
+    }
+
+    /// Answers the next `n` requests as usual, then holds every later one until
+    /// [`FakeTwilio::release`]: the test decides how far a run gets before it stalls.
+    pub fn hold_after(&self, n: usize) {
+        set_gate(self.shared(), Some(n));
+    }
+
+    /// Opens the gate: every held request is answered (after its latency) and recorded,
+    /// even one whose client has gone away, as Twilio would.
+    pub fn release(&self) {
+        set_gate(self.shared(), None);
+    }
+
+    /// Requests waiting at the closed gate now.
+    pub fn held(&self) -> usize {
+        self.shared().held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests are held at the gate and returns how many are.
+    /// Panics with `what` and a summary of the record when `deadline` passes.
+    pub async fn wait_held(&self, n: usize, deadline: Duration, what: &str) -> usize {
+        self.wait_for(deadline, what, |shared| {
+            let held = shared.held.load(Ordering::SeqCst);
+            (held >= n).then_some(held)
+        })
+        .await
+    }
+
     /// Every request that reached the fake (even ones answered with an error or hung up
     /// on), in arrival order. A request appears once it has been answered.
     pub fn requests(&self) -> Vec<Received> {
@@ -432,6 +489,21 @@ impl FakeTwilio {
         what: &str,
         pred: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
+        self.wait_for(deadline, what, |shared| {
+            let records = lock(&shared.records);
+            pred(&records).then(|| records.clone())
+        })
+        .await
+    }
+
+    /// Checks `check` on every request recorded or held until it yields a value; panics
+    /// with `what` and a summary when `deadline` passes.
+    async fn wait_for<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        check: impl Fn(&Shared) -> Option<T>,
+    ) -> T {
         let shared = self.shared();
         let until = tokio::time::Instant::now() + deadline;
         loop {
@@ -439,22 +511,18 @@ impl FakeTwilio {
             tokio::pin!(notified);
             // Register before checking, so a request recorded in between still wakes us.
             notified.as_mut().enable();
-            {
-                let records = lock(&shared.records);
-                if pred(&records) {
-                    return records.clone();
-                }
+            if let Some(found) = check(shared) {
+                return found;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
-                let records = lock(&shared.records);
-                if pred(&records) {
-                    return records.clone();
+                if let Some(found) = check(shared) {
+                    return found;
                 }
-                let summary = summarize(&records);
-                drop(records);
+                let summary = summarize(&lock(&shared.records));
                 panic!(
-                    "fake_twilio: timed out after {deadline:?} waiting for {what}; seen {summary}; in flight now {}",
-                    self.in_flight()
+                    "fake_twilio: timed out after {deadline:?} waiting for {what}; seen {summary}; in flight now {}, held {}",
+                    self.in_flight(),
+                    self.held()
                 );
             }
         }
@@ -529,10 +597,13 @@ impl std::error::Error for HangUp {}
 
 type Answer = Result<Response<Full<Bytes>>, HangUp>;
 
-/// What was decided for one request when it arrived; answered after the latency.
+/// What was decided for one request when it arrived; answered after the gate and the
+/// latency.
 struct Decided {
     received: Received,
     reply: Reply,
+    /// Waits at the gate until it opens.
+    held: bool,
     latency: Duration,
     /// Extra error details: the path for 20404.
     path: String,
@@ -549,14 +620,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         Err(_) => return Err(HangUp),
     };
     let decided = decide(&shared, &parts, body.as_deref());
-    if decided.latency.is_zero() {
+    if !decided.held && decided.latency.is_zero() {
         return answer(&shared, decided);
     }
     // Wait and answer in a task of its own: if the client gives up first (hyper then drops
     // this future), the request is still processed and recorded, as Twilio would.
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
-        tokio::time::sleep(decided.latency).await;
+        if decided.held {
+            let mut open = task_shared.open.subscribe();
+            // The sender lives in `task_shared`: this ends only when the gate opens.
+            let _ = open.wait_for(|open| *open).await;
+            task_shared.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !decided.latency.is_zero() {
+            tokio::time::sleep(decided.latency).await;
+        }
         answer(&task_shared, decided)
     });
     task.await.unwrap_or(Err(HangUp))
@@ -568,6 +647,18 @@ fn decide(shared: &Shared, parts: &hyper::http::request::Parts, body: Option<&[u
     shared
         .max_in_flight
         .fetch_max(now_in_flight, Ordering::SeqCst);
+    let held = match &mut lock(&shared.state).passes {
+        None => false,
+        Some(0) => true,
+        Some(passes) => {
+            *passes -= 1;
+            false
+        }
+    };
+    if held {
+        shared.held.fetch_add(1, Ordering::SeqCst);
+        shared.recorded.notify_waiters();
+    }
 
     let path = parts.uri.path();
     let account_sid = path
@@ -631,6 +722,7 @@ fn decide(shared: &Shared, parts: &hyper::http::request::Parts, body: Option<&[u
             twilio_code: None,
             sid: None,
         },
+        held,
         latency,
         path: path.to_string(),
         date: (reply.kind == ReplyKind::Created).then(|| format_rfc2822(SystemTime::now())),

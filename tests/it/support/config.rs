@@ -46,14 +46,38 @@ impl ConfigFile {
 
     /// A Logto config with one template per type.
     pub(crate) fn full() -> ConfigFile {
-        ConfigFile::logto(&[
-            ("SignIn", None, "Your sign-in code is {{code}}"),
-            ("Register", None, "Welcome! Your code is {{code}}"),
-            ("ForgotPassword", None, "Reset code: {{code}}"),
-            ("Generic", None, "Your code is {{code}}"),
-        ])
+        let templates: Vec<_> = FULL_TEMPLATES
+            .iter()
+            .map(|(kind, content)| (*kind, None, *content))
+            .collect();
+        ConfigFile::logto(&templates)
+    }
+
+    /// The templates of [`ConfigFile::full`] in the project's TOML, with a
+    /// Twilio request timeout (120 s, the most there is) longer than any test
+    /// holds calls at the fake's gate: a held call is never a timeout, only
+    /// a call in flight.
+    pub(crate) fn patient() -> ConfigFile {
+        let mut text = format!(
+            "[twilio]\naccount_sid = \"{TEST_ACCOUNT_SID}\"\nauth_token = \"{TEST_AUTH_TOKEN}\"\n\
+             messaging_service_sid = \"{TEST_MESSAGING_SERVICE_SID}\"\nrequest_timeout_ms = 120000\n"
+        );
+        for (kind, content) in FULL_TEMPLATES {
+            text.push_str(&format!(
+                "\n[[templates]]\ntype = \"{kind}\"\ncontent = \"{content}\"\n"
+            ));
+        }
+        ConfigFile::write("toml", &text)
     }
 }
+
+/// One template per type a full Logto sign-in flow needs: (type, content).
+const FULL_TEMPLATES: [(&str, &str); 4] = [
+    ("SignIn", "Your sign-in code is {{code}}"),
+    ("Register", "Welcome! Your code is {{code}}"),
+    ("ForgotPassword", "Reset code: {{code}}"),
+    ("Generic", "Your code is {{code}}"),
+];
 
 impl Drop for ConfigFile {
     fn drop(&mut self) {

@@ -7,6 +7,10 @@
 //! handle is dropped (or `finish` is called) its logs are scanned: each line
 //! must be JSON and none may contain a verification code, a secret or an
 //! unmasked phone number.
+//!
+//! Tests wait on conditions with a deadline ([`eventually`], the fake
+//! Twilio's `wait_until` and `wait_held`), never on a sleep, and each runs
+//! [`within`] a deadline of its own.
 
 mod broker;
 mod cli;
