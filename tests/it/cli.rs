@@ -1,6 +1,9 @@
 //! The command line: `check-config` reports what each template costs and
 //! refuses bad configs with one line and exit code 2; `send` publishes a job
-//! the worker accepts, confirmed by the real broker.
+//! the worker accepts, confirmed by the real broker, takes the code from
+//! standard input, and refuses what the worker would dead-letter; clap
+//! refuses a value outside the list with the list; `completions` offers the
+//! commands and the values.
 
 use std::time::Duration;
 
@@ -277,6 +280,167 @@ async fn a_queue_declared_otherwise_is_named_with_what_to_do() {
         assert_eq!(exit, 1, "{err}");
         assert!(err.contains("sms.send"), "{err}");
         assert!(err.contains("exists with other arguments"), "{err}");
+    })
+    .await;
+}
+
+/// The nine template types, as `--type` takes them.
+const TYPES: [&str; 9] = [
+    "SignIn",
+    "Register",
+    "ForgotPassword",
+    "Generic",
+    "OrganizationInvitation",
+    "UserPermissionValidation",
+    "BindNewIdentifier",
+    "MfaVerification",
+    "BindMfa",
+];
+
+#[test]
+fn completions_offer_the_commands_and_the_values() {
+    let (exit, script, err) = run_cli(&["completions", "bash"], &[]);
+    assert_eq!(exit, 0, "{err}");
+    assert!(
+        script.contains("complete "),
+        "not a bash completion script:\n{script}"
+    );
+    for command in [
+        "run",
+        "send",
+        "check-config",
+        "dlq",
+        "list",
+        "replay",
+        "purge",
+        "completions",
+    ] {
+        assert!(script.contains(command), "no {command} in the script");
+    }
+    for value in TYPES
+        .iter()
+        .chain(&["no_template", "retries_exhausted", "broker:delivery_limit"])
+    {
+        assert!(script.contains(value), "no {value} in the script");
+    }
+}
+
+#[test]
+fn a_value_outside_the_list_is_refused_with_the_list() {
+    let unreachable = [(
+        "SMS_DISPATCH_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:1/none",
+    )];
+    let (exit, out, err) = run_cli(
+        &[
+            "send",
+            "--to",
+            "+15005550006",
+            "--type",
+            "Login",
+            "--code",
+            "1",
+        ],
+        &unreachable,
+    );
+    assert_eq!(exit, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("'Login'") && err.contains("--type"), "{err}");
+    let accepted = format!("[possible values: {}]", TYPES.join(", "));
+    assert!(err.contains(&accepted), "{err:?} lacks {accepted:?}");
+
+    let (exit, out, err) = run_cli(&["dlq", "list", "--reason", "bogus"], &unreachable);
+    assert_eq!(exit, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("'bogus'") && err.contains("--reason"), "{err}");
+    for reason in [
+        "invalid_job",
+        "no_template",
+        "expired",
+        "rejected",
+        "retries_exhausted",
+        "blocked",
+        "broker:rejected",
+        "broker:expired",
+        "broker:maxlen",
+        "broker:delivery_limit",
+    ] {
+        assert!(
+            err.contains(reason),
+            "{reason} not among the accepted values: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_reads_the_code_from_standard_input() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let to = number();
+        let code = crate::support::code();
+        let env = [("SMS_DISPATCH_AMQP_URL", vhost.url.as_str())];
+        let args = ["send", "--to", &to, "--type", "SignIn", "--code", "-"];
+
+        // Nothing on standard input: refused before anything is published.
+        let (exit, out, err) = run_cli_async(&args, &env, Io::default()).await;
+        assert_eq!(exit, 2, "{err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("--code -") && err.contains("standard input"),
+            "{err}"
+        );
+
+        let stdin = format!("{code}\n");
+        let io = Io {
+            stdin: stdin.as_bytes(),
+            ..Io::default()
+        };
+        let (exit, out, err) = run_cli_async(&args, &env, io).await;
+        assert_eq!(exit, 0, "{err}");
+        assert!(!err.contains(&code), "the code is never logged: {err}");
+        let conn = vhost.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        let jobs = take_at_least(&channel, "sms.send", 1, Duration::from_secs(10)).await;
+        assert_eq!(jobs.len(), 1, "one job: the refused send published nothing");
+        let job = jobs[0].json();
+        assert_eq!(job["id"], out.trim());
+        assert_eq!(job["to"], to);
+        assert_eq!(job["payload"]["code"], code, "the code read from stdin");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_refuses_a_type_without_template_or_generic() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        // The topology is there, so a publish would land in sms.send.
+        vhost.publisher(&conn).await;
+        let config = ConfigFile::logto(&[("SignIn", None, "Your code is {{code}}")]);
+        let to = number();
+        let code = crate::support::code();
+        let (exit, out, err) = run_cli_async(
+            &[
+                "send",
+                "--config",
+                config.0.to_str().unwrap(),
+                "--to",
+                &to,
+                "--type",
+                "Register",
+                "--code",
+                &code,
+            ],
+            &[("SMS_DISPATCH_AMQP_URL", &vhost.url)],
+            Io::default(),
+        )
+        .await;
+        assert_eq!(exit, 2, "{err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains("no_template"), "{err}");
+        assert!(err.contains("Register"), "{err}");
+        assert_eq!(vhost.ready("sms.send").await, 0, "nothing published");
     })
     .await;
 }

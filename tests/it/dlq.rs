@@ -1,7 +1,8 @@
 //! The dead-letter tools against a real broker: `dlq list` leaves the queue
 //! as it was (count and order), even when killed halfway; `dlq replay` moves
 //! exactly what was selected, refuses expired jobs and never moves a message
-//! twice, even with two replays at once; `dlq purge` needs --yes.
+//! twice, even with two replays at once; `dlq purge` needs --yes; logs go
+//! to stderr, as JSON without colour when it is not a terminal.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -138,6 +139,53 @@ async fn list_shows_every_dead_letter_masked_and_leaves_the_queue_as_it_was() {
         let ids = ids_in(&channel, "sms.dead").await;
         let expected: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         assert_eq!(ids, expected, "the same messages, in the same order");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_logs_json_without_colour_to_a_redirected_stderr_and_only_the_list_to_stdout() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let conn = vhost.connect().await;
+        let p = vhost.publisher(&conn).await;
+        let job = TestJob::new(&number(), "SignIn");
+        seed(&p, &job, Reason::Rejected, Some(21610), 1).await;
+        // No log format set: the command decides from where stderr goes.
+        // RUST_LOG=debug makes the broker client log a few lines.
+        let (code, out, err) = run_cli_async(
+            &["dlq", "list"],
+            &[("SMS_DISPATCH_AMQP_URL", &vhost.url), ("RUST_LOG", "debug")],
+            Io {
+                stderr_to_file: true,
+                ..Io::default()
+            },
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !err.contains("\x1b["),
+            "colour codes in a redirected stderr: {err:?}"
+        );
+        assert!(!err.trim().is_empty(), "no log lines on stderr");
+        for line in err.lines() {
+            let log: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+            assert!(
+                log["level"].is_string() && log["timestamp"].is_string(),
+                "{line}"
+            );
+        }
+        assert!(!out.contains("\x1b["), "{out:?}");
+        assert!(out.starts_with("ID "), "the list's header first:\n{out}");
+        assert!(out.contains(&job.id), "{out}");
+        assert!(out.contains("1 dead letters; 1 match, 1 shown"), "{out}");
+        for line in out.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_err(),
+                "a log line on stdout: {line}"
+            );
+        }
     })
     .await;
 }
