@@ -41,6 +41,7 @@ mod amqp;
 mod cli;
 mod config;
 mod encoding;
+mod fleet;
 mod job;
 mod observe;
 mod phone;

@@ -97,7 +97,7 @@ impl fmt::Debug for BrokerSettings {
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
-pub(super) fn redact_url_password(url: &str) -> String {
+pub(crate) fn redact_url_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };

@@ -15,6 +15,7 @@ pub(crate) mod topology;
 pub use connection::QueueType;
 pub(crate) use connection::{
     BrokerSettings, CommandConnectError, DEFAULT_AMQP_URL, Recovery, connect, connect_for_command,
+    redact_url_password,
 };
 pub use publisher::Publisher;
 pub(crate) use publisher::{CONFIRM_TIMEOUT, PublishError, SharedPublisher};

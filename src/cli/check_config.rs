@@ -49,6 +49,18 @@ pub(crate) fn check_config(config: &Config) -> Result<(), CliError> {
         config.broker.queue_type.as_str(),
         config.broker.prefetch
     );
+    let _ = match &config.redis {
+        Some(redis) => writeln!(
+            out,
+            "duplicate protection: fleet-wide, Redis {} (key prefix {})",
+            redis.url_for_logs(),
+            redis.prefix
+        ),
+        None => writeln!(
+            out,
+            "duplicate protection: per worker (set SMS_DISPATCH_REDIS_URL to share it across the fleet)"
+        ),
+    };
     out.push('\n');
     let _ = writeln!(
         out,

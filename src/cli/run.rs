@@ -4,6 +4,7 @@
 use super::error::CliError;
 use crate::amqp::SharedPublisher;
 use crate::config::Config;
+use crate::fleet::RedisStore;
 use crate::observe::health::Health;
 use crate::observe::http;
 use crate::observe::metrics::Metrics;
@@ -11,6 +12,7 @@ use crate::shutdown::Shutdown;
 use crate::twilio::TwilioClient;
 use crate::worker::Gateway;
 use crate::worker::consumer::{self, RunOptions};
+use tracing::info;
 
 /// Runs the worker until it is stopped; `dry_run` logs instead of sending.
 pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
@@ -26,6 +28,16 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let publisher = SharedPublisher::new();
+    let fleet = match &config.redis {
+        None => None,
+        Some(redis) => {
+            info!(redis = %redis.url_for_logs(), prefix = redis.prefix.as_str(), "duplicate protection is fleet-wide (Redis)");
+            Some(
+                RedisStore::connect(redis, metrics.clone())
+                    .map_err(|e| CliError::Usage(format!("SMS_DISPATCH_REDIS_URL: {e}")))?,
+            )
+        }
+    };
     let ingest = config.ingest_token.clone().map(|token| http::Ingest {
         token,
         publisher: publisher.clone(),
@@ -51,6 +63,7 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             health,
             shutdown: shutdown.clone(),
             publisher,
+            fleet,
         },
     )
     .await;

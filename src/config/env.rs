@@ -26,6 +26,7 @@ const PLAIN: &[(&str, Slot)] = &[
     ("SMS_DISPATCH_SHUTDOWN_GRACE_SECS", |r| {
         &mut r.shutdown_grace_secs
     }),
+    ("SMS_DISPATCH_REDIS_PREFIX", |r| &mut r.redis_prefix),
 ];
 
 /// Secret variables and the field each one overrides.
@@ -33,6 +34,7 @@ const SECRET: &[(&str, SecretSlot)] = &[
     ("TWILIO_AUTH_TOKEN", |r| &mut r.auth_token),
     ("TWILIO_API_SECRET", |r| &mut r.api_secret),
     ("SMS_DISPATCH_INGEST_TOKEN", |r| &mut r.ingest_token),
+    ("SMS_DISPATCH_REDIS_URL", |r| &mut r.redis_url),
 ];
 
 /// Applies the variables that are set (and not blank); `env` looks one up.

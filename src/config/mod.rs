@@ -28,6 +28,7 @@ pub(crate) use error::ConfigError;
 use raw::{Raw, Sourced};
 
 use crate::amqp::{BrokerSettings, DEFAULT_AMQP_URL, QueueType};
+use crate::fleet::RedisSettings;
 use crate::job::TemplateType;
 use crate::observe::telemetry::LogFormat;
 use crate::phone::PhoneNumber;
@@ -35,6 +36,9 @@ use crate::retry::RetryPolicy;
 use crate::templates::{TemplateEntry, TemplateError, Templates};
 use crate::twilio::{DEFAULT_TWILIO_BASE_URL, Sender, TwilioAuth, TwilioSettings};
 use crate::worker::WorkerSettings;
+
+/// The Redis key prefix when nothing else is configured.
+pub(crate) const DEFAULT_REDIS_PREFIX: &str = "sms-dispatch:";
 
 /// The HTTP listener's address when nothing else is configured.
 pub(crate) const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
@@ -58,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) ingest_token: Option<SecretString>,
     /// `None`: decided by whether the log stream is a terminal.
     pub(crate) log_format: Option<LogFormat>,
+    /// The fleet's shared state, when `SMS_DISPATCH_REDIS_URL` is set.
+    pub(crate) redis: Option<RedisSettings>,
     /// `None` when no Twilio credentials are configured at all.
     pub(crate) twilio: Option<TwilioSettings>,
     pub(crate) templates: Templates,
@@ -283,6 +289,31 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
         ));
     }
 
+    let redis = match raw.redis_url {
+        None => None,
+        Some(url) => {
+            let text = url.value.expose_secret();
+            if !(text.starts_with("redis://")
+                || text.starts_with("rediss://")
+                || text.starts_with("redis+unix://"))
+                || redis::Client::open(text).is_err()
+            {
+                return Err(err(
+                    url.key,
+                    "is not a Redis URL",
+                    "use the form redis://[:password@]host:6379/0, or leave it unset to protect against duplicates per worker only",
+                ));
+            }
+            let prefix = raw
+                .redis_prefix
+                .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |p| p.value);
+            Some(RedisSettings {
+                url: url.value,
+                prefix,
+            })
+        }
+    };
+
     let mut entries = Vec::with_capacity(raw.templates.len());
     for t in raw.templates {
         let Some(kind) = TemplateType::parse(&t.kind) else {
@@ -326,6 +357,7 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
             .map(|t| t.value)
             .filter(|t| !t.expose_secret().is_empty()),
         log_format,
+        redis,
         twilio,
         templates,
     })

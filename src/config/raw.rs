@@ -71,6 +71,8 @@ pub(crate) struct Raw {
     pub(crate) max_delay_ms: Option<Sourced<String>>,
     pub(crate) in_process_wait_ms: Option<Sourced<String>>,
     pub(crate) shutdown_grace_secs: Option<Sourced<String>>,
+    pub(crate) redis_url: Option<Sourced<SecretString>>,
+    pub(crate) redis_prefix: Option<Sourced<String>>,
     pub(crate) templates: Vec<RawTemplate>,
 }
 

@@ -24,7 +24,16 @@ struct TomlFile {
     #[serde(default)]
     shutdown: TomlShutdown,
     #[serde(default)]
+    redis: TomlRedis,
+    #[serde(default)]
     templates: Vec<TomlTemplate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlRedis {
+    url: Option<SecretString>,
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +150,8 @@ pub(crate) fn read(source: &str, text: &str) -> Result<Raw, ConfigError> {
             text(file.retry.in_process_wait_ms),
         ),
         shutdown_grace_secs: sourced("shutdown.grace_secs", text(file.shutdown.grace_secs)),
+        redis_url: sourced("redis.url", file.redis.url),
+        redis_prefix: sourced("redis.prefix", file.redis.prefix),
         templates: RawTemplate::numbered(
             file.templates
                 .into_iter()

@@ -52,6 +52,12 @@ pub(crate) struct EncodingLabel {
     pub encoding: &'static str,
 }
 
+/// `{store}`: where a duplicate was recognised, `memory` or `redis`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StoreLabel {
+    pub(crate) store: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
@@ -72,6 +78,8 @@ pub(crate) struct Metrics {
     pub worker_paused: Gauge,
     pub amqp_connected: Gauge,
     pub segments: Family<EncodingLabel, Counter>,
+    pub(crate) duplicates_suppressed: Family<StoreLabel, Counter>,
+    pub(crate) redis_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +111,8 @@ impl Metrics {
         let worker_paused = Gauge::default();
         let amqp_connected = Gauge::default();
         let segments = Family::<EncodingLabel, Counter>::default();
+        let duplicates_suppressed = Family::<StoreLabel, Counter>::default();
+        let redis_connected = Gauge::default();
 
         registry.register(
             "sms_jobs_received",
@@ -159,6 +169,16 @@ impl Metrics {
             "SMS segments sent, by encoding (gsm7, ucs2): what Twilio bills",
             segments.clone(),
         );
+        registry.register(
+            "sms_duplicates_suppressed",
+            "Jobs acked without a send because they were sent already, by where that was known (memory: this worker; redis: the fleet)",
+            duplicates_suppressed.clone(),
+        );
+        registry.register(
+            "sms_redis_connected",
+            "1 while the fleet's Redis answers (0 without one, or while it is down: duplicate protection is then per worker)",
+            redis_connected.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -190,6 +210,9 @@ impl Metrics {
         for encoding in ["gsm7", "ucs2"] {
             let _ = segments.get_or_create(&EncodingLabel { encoding });
         }
+        for store in ["memory", "redis"] {
+            let _ = duplicates_suppressed.get_or_create(&StoreLabel { store });
+        }
         for class in ["transient", "permanent", "config", "network"] {
             let _ = send_failures.get_or_create(&FailureLabels {
                 class,
@@ -210,7 +233,16 @@ impl Metrics {
             worker_paused,
             amqp_connected,
             segments,
+            duplicates_suppressed,
+            redis_connected,
         }
+    }
+
+    /// Counts a job acked without a send because it was sent already.
+    pub(crate) fn duplicate(&self, store: &'static str) {
+        self.duplicates_suppressed
+            .get_or_create(&StoreLabel { store })
+            .inc();
     }
 
     /// Counts a job taken from the queue.

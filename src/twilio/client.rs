@@ -155,6 +155,7 @@ pub(crate) struct TwilioClient {
     password: SecretString,
     sender: Sender,
     risk_check: Option<bool>,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for TwilioClient {
@@ -195,7 +196,14 @@ impl TwilioClient {
             password,
             sender: settings.sender.clone(),
             risk_check: settings.risk_check,
+            request_timeout: settings.request_timeout,
         })
+    }
+
+    /// The longest one call may take (after it, the call counts as failed,
+    /// though Twilio may still have created the message).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Sends one message and classifies nothing: see [`SendError::class`].

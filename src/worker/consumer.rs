@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use super::{Finished, Gateway, Handling, Worker, WorkerSettings};
 use crate::amqp::{self, Publisher, SharedPublisher, topology};
+use crate::fleet::RedisStore;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -63,6 +64,8 @@ pub(crate) struct RunOptions {
     pub(crate) shutdown: Shutdown,
     /// Set to each new connection's publisher (the HTTP ingest shares it).
     pub(crate) publisher: SharedPublisher,
+    /// The fleet's record of sends, when Redis is configured.
+    pub(crate) fleet: Option<RedisStore>,
 }
 
 /// The worker's connections to the broker and what hangs off them: one that
@@ -105,6 +108,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         health,
         shutdown,
         publisher: shared,
+        fleet,
     } = options;
     let broker = settings.broker.clone();
     let grace = settings.shutdown_grace;
@@ -118,6 +122,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         shared.clone(),
         metrics,
         health.clone(),
+        fleet,
     ));
     info!(
         queue = topology::QUEUE,

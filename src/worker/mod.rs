@@ -26,6 +26,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::amqp::dead_letter::{DeadLetter, Reason};
 use crate::amqp::{BrokerSettings, Received, SharedPublisher};
 use crate::encoding;
+use crate::fleet::RedisStore;
 use crate::job::Job;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
@@ -37,7 +38,7 @@ use crate::twilio::{Accepted, TwilioClient};
 use in_flight::InFlight;
 use pause::Pause;
 use recent::RecentlySent;
-use send::{Next, SendResult};
+use send::{Next, SendResult, Store};
 use throttle::Throttle;
 
 /// What the worker needs besides its connections; assembled by
@@ -123,6 +124,8 @@ pub(crate) struct Worker {
     throttle: Throttle,
     recent: RecentlySent,
     in_flight: InFlight,
+    /// The fleet's record of sends and leases, when Redis is configured.
+    fleet: Option<RedisStore>,
 }
 
 impl Worker {
@@ -133,6 +136,7 @@ impl Worker {
         publisher: SharedPublisher,
         metrics: Metrics,
         health: Health,
+        fleet: Option<RedisStore>,
     ) -> Worker {
         let prefetch = usize::from(settings.broker.prefetch);
         Worker {
@@ -147,6 +151,7 @@ impl Worker {
             // flight: a few prefetches' worth of ids covers them with room.
             recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
             in_flight: InFlight::default(),
+            fleet,
         }
     }
 
@@ -239,8 +244,10 @@ impl Worker {
     ) -> Finished {
         self.metrics.received(Some(job.kind));
         if job.id_is_distinct && self.recent.contains(&job.id) {
+            self.metrics.duplicate("memory");
             info!(
                 outcome = "duplicate",
+                store = "memory",
                 "already sent by this worker; acking the redelivery without sending"
             );
             return self.ack(&delivery, Finished::Duplicate).await;
@@ -337,13 +344,26 @@ impl Worker {
                 self.dead_letter(&delivery, letter).await
             }
             SendResult::Paused => self.put_back(&delivery, &job, &received).await,
-            SendResult::Duplicate => {
-                info!(
-                    outcome = "duplicate",
-                    "sent by another delivery of the same job in this worker; acking without sending"
-                );
+            SendResult::Duplicate(store) => {
+                self.metrics.duplicate(store.as_str());
+                match store {
+                    Store::Memory => info!(
+                        outcome = "duplicate",
+                        store = "memory",
+                        "sent by another delivery of the same job in this worker; acking without sending"
+                    ),
+                    Store::Redis { sid } => {
+                        tracing::Span::current().record("message_sid", sid.as_str());
+                        info!(
+                            outcome = "duplicate",
+                            store = "redis",
+                            "sent already by the fleet; acking without sending"
+                        );
+                    }
+                }
                 self.ack(&delivery, Finished::Duplicate).await
             }
+            SendResult::SentElsewhere => self.park_while_leased(&delivery, &received).await,
             SendResult::Abandoned => {
                 warn!(
                     "the delivery's channel was lost before the call; not sending (the broker delivers the job again)"

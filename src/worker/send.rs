@@ -9,6 +9,7 @@ use lapin::Acker;
 
 use super::{Handling, Worker};
 use crate::amqp::dead_letter::Reason;
+use crate::fleet::LeaseCheck;
 use crate::job::Job;
 use crate::retry::RetryDecision;
 use crate::twilio::{Accepted, Class, Outgoing, SendError, TwilioClient};
@@ -27,13 +28,38 @@ pub(super) enum SendResult {
     Expired(u32),
     /// The worker is paused; the job goes back untouched.
     Paused,
-    /// Another task of this process sent it (the broker delivered it again
-    /// after a reconnect): ack without sending.
-    Duplicate,
+    /// Sent already: by another task of this process (the broker delivered
+    /// it again after a reconnect), or by the fleet (Redis has its SID).
+    /// Ack without sending.
+    Duplicate(Store),
+    /// Another worker's call for it is in flight (its Redis lease is live,
+    /// as right after a `kill -9`): park it briefly, without an attempt.
+    SentElsewhere,
     /// The delivery's channel is gone (a reconnect): the broker delivers the
     /// job again, and the new delivery is the one to send.
     Abandoned,
 }
+
+/// Where a duplicate was recognised.
+pub(super) enum Store {
+    /// This process's memory.
+    Memory,
+    /// The fleet's Redis, which knows the message SID.
+    Redis { sid: String },
+}
+
+impl Store {
+    /// The `store` label of `sms_duplicates_suppressed_total`.
+    pub(super) fn as_str(&self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::Redis { .. } => "redis",
+        }
+    }
+}
+
+/// How long a Redis lease outlives the call's own timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What to do with a failed job.
 pub(super) enum Next {
@@ -73,7 +99,7 @@ impl Worker {
             let claim = if job.id_is_distinct {
                 loop {
                     if self.recent.contains(&job.id) {
-                        return SendResult::Duplicate;
+                        return SendResult::Duplicate(Store::Memory);
                     }
                     if let Some(claim) = self.in_flight.claim(&job.id).await {
                         break Some(claim);
@@ -88,6 +114,25 @@ impl Worker {
             if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
                 return stop;
             }
+            // Across the fleet: sent already, or being sent by another
+            // worker? Else a lease for this call, taken right before it and
+            // living as long as the call may (plus a margin).
+            let lease = match &self.fleet {
+                Some(fleet) if job.id_is_distinct => {
+                    let lease_for = client.request_timeout() + LEASE_MARGIN;
+                    match fleet.check_and_lease(&job.id, lease_for).await {
+                        LeaseCheck::Sent { sid } => {
+                            self.recent.insert(&job.id);
+                            return SendResult::Duplicate(Store::Redis { sid });
+                        }
+                        LeaseCheck::Busy => return SendResult::SentElsewhere,
+                        LeaseCheck::Leased(lease) => Some(lease),
+                        // Redis is down: this process's memory decides.
+                        LeaseCheck::Unavailable => None,
+                    }
+                }
+                _ => None,
+            };
             attempts += 1;
             let started = Instant::now();
             let result = client
@@ -108,12 +153,20 @@ impl Worker {
                         // Recorded before the claim ends, so a waiting copy
                         // finds it.
                         self.recent.insert(&job.id);
+                        if let Some(fleet) = &self.fleet {
+                            fleet
+                                .record_sent(&job.id, &accepted.sid, job.expires_at, lease.as_ref())
+                                .await;
+                        }
                     }
                     drop(claim);
                     return SendResult::Sent(accepted, attempts);
                 }
                 Err(error) => error,
             };
+            if let (Some(fleet), Some(lease)) = (&self.fleet, &lease) {
+                fleet.release(&job.id, lease).await;
+            }
             drop(claim);
             let class = error.class();
             let class_label = if error.is_network() {

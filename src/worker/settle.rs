@@ -9,7 +9,7 @@ use lapin::Acker;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::send::RetryIn;
 use super::{Finished, Worker};
@@ -17,6 +17,7 @@ use crate::amqp::dead_letter::DeadLetter;
 use crate::amqp::headers::{self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN};
 use crate::amqp::{CONFIRM_TIMEOUT, PublishError, Received, topology};
 use crate::job::Job;
+use crate::retry::DELAY_TIERS;
 use crate::twilio::SendError;
 
 /// How long an ack, nack or reject may take. They are queued frames and
@@ -162,6 +163,56 @@ impl Worker {
         delay: Duration,
         tier: Duration,
     ) -> Finished {
+        match self
+            .publish_to_delay_queue(delivery, received, attempts, delay, tier)
+            .await
+        {
+            Ok(queue) => {
+                self.count_retry(error, attempts, delay, RetryIn::Queue(&queue));
+                self.ack(delivery, Finished::Parked).await
+            }
+            Err(left) => left,
+        }
+    }
+
+    /// Parks a job another worker is sending right now (its Redis lease is
+    /// live, as right after that worker's `kill -9`) in the shortest delay
+    /// queue, with its attempt count unchanged: never acked unsent, never
+    /// requeued in a loop. When it comes back, the fleet's record says
+    /// whether the other worker's call went through.
+    pub(super) async fn park_while_leased(
+        &self,
+        delivery: &Delivery,
+        received: &Received,
+    ) -> Finished {
+        let wait = DELAY_TIERS[0];
+        match self
+            .publish_to_delay_queue(delivery, received, received.attempts, wait, wait)
+            .await
+        {
+            Ok(queue) => {
+                info!(
+                    outcome = "parked",
+                    queue = queue.as_str(),
+                    "another worker is sending this job right now; looking again later"
+                );
+                self.ack(delivery, Finished::Parked).await
+            }
+            Err(left) => left,
+        }
+    }
+
+    /// Publishes a copy of the job to the delay queue of `tier`, to come back
+    /// after `delay`, with `attempts` and its first receipt in its headers.
+    /// Returns the queue's name once the broker confirmed it.
+    async fn publish_to_delay_queue(
+        &self,
+        delivery: &Delivery,
+        received: &Received,
+        attempts: u32,
+        delay: Duration,
+        tier: Duration,
+    ) -> Result<String, Finished> {
         let mut table = headers::without(
             delivery.properties.headers().as_ref(),
             &[HEADER_DELIVERY_COUNT],
@@ -178,14 +229,9 @@ impl Worker {
             .with_headers(table)
             .with_expiration(delay.as_millis().to_string().into());
         let queue = topology::delay_queue(tier);
-        if let Err(left) = self
-            .publish_until_safe(delivery, "", &queue, properties)
+        self.publish_until_safe(delivery, "", &queue, properties)
             .await
-        {
-            return left;
-        }
-        self.count_retry(error, attempts, delay, RetryIn::Queue(&queue));
-        self.ack(delivery, Finished::Parked).await
+            .map(|()| queue)
     }
 
     /// Publishes a copy of the delivery's body and waits for the confirm,
