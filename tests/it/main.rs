@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod dlq;
 mod fake_twilio;
+mod fleet;
 mod ingest;
 mod observability;
 mod support;
