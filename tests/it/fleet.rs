@@ -127,12 +127,11 @@ async fn a_job_in_flight_on_a_killed_worker_waits_for_its_lease() {
         };
         victim.kill9();
         victim.wait_exit(SECS).await;
-        let parked = survivor
+        survivor
             .wait_log(SECS, "the survivor to park the leased job", |l| {
                 (l["outcome"] == "parked" && l["span"]["job_id"] == job.id.as_str()).then_some(())
             })
             .await;
-        let _ = parked;
         assert_eq!(
             twilio.held(),
             1,
