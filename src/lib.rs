@@ -28,6 +28,7 @@
 //! | `twilio/` | the Messages API client, its settings, the classification table |
 //! | `amqp/` | the connection, the topology, the job's headers, dead letters, confirmed publishing |
 //! | `worker/` | the job's life, sending, settlement, the consumer loop, throttle, pause, recent ids |
+//! | `fleet/` | what the workers share through Redis: sent records and in-flight leases |
 //! | `observe/` | metrics, health, logs and traces, the HTTP listener |
 //! | `config/` | reading TOML, Logto's JSON and the environment; assembling the settings |
 //! | `cli/` | one file per command |
