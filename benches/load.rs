@@ -32,7 +32,14 @@ struct Sizes {
     slow_jobs: usize,
     /// Seconds of 1,000 jobs/s for the latency run.
     latency_secs: u64,
+    /// Jobs per worker for each fleet run.
+    fleet_jobs_per_worker: usize,
+    /// Runs per fleet size (the median is reported).
+    fleet_runs: usize,
 }
+
+/// The fleet's Redis for the Redis run (CI and this machine run one here).
+const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// The targets of the issue, and the settings they are measured with.
 const INSTANT_PREFETCH: u16 = 64;
@@ -47,12 +54,16 @@ fn main() {
             instant_jobs: 300,
             slow_jobs: 300,
             latency_secs: 1,
+            fleet_jobs_per_worker: 100,
+            fleet_runs: 1,
         }
     } else {
         Sizes {
             instant_jobs: 20_000,
             slow_jobs: 12_000,
             latency_secs: 10,
+            fleet_jobs_per_worker: 1_600,
+            fleet_runs: 3,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +99,8 @@ async fn run(sizes: Sizes, quick: bool) {
     );
 
     // 2. The worker with a Twilio that answers at once.
-    let instant = worker_throughput(sizes.instant_jobs, INSTANT_PREFETCH, Duration::ZERO).await;
+    let instant =
+        worker_throughput(sizes.instant_jobs, INSTANT_PREFETCH, Duration::ZERO, &[]).await;
     println!(
         "worker, instant   {:>8.0} jobs/s  ({} jobs, prefetch {}; {:.0}% of the broker limit)",
         instant.rate,
@@ -102,7 +114,7 @@ async fn run(sizes: Sizes, quick: bool) {
     );
 
     // 3. The worker with a Twilio that takes 200 ms per call.
-    let slow = worker_throughput(sizes.slow_jobs, SLOW_PREFETCH, TWILIO_LATENCY).await;
+    let slow = worker_throughput(sizes.slow_jobs, SLOW_PREFETCH, TWILIO_LATENCY, &[]).await;
     let slow_target = 0.9 * f64::from(SLOW_PREFETCH) / TWILIO_LATENCY.as_secs_f64();
     println!(
         "worker, 200 ms    {:>8.0} jobs/s  ({} jobs, prefetch {}; bound {:.0}/s; max in flight {})",
@@ -128,6 +140,52 @@ async fn run(sizes: Sizes, quick: bool) {
         .peak_rss_mib
         .max(slow.peak_rss_mib)
         .max(latency.peak_rss_mib);
+
+    // 5. What the fleet's Redis costs per job: the instant run again with
+    //    Redis, against the run above as the baseline of this same run.
+    let redis_env = [
+        ("SMS_DISPATCH_REDIS_URL", REDIS_URL.to_owned()),
+        (
+            "SMS_DISPATCH_REDIS_PREFIX",
+            format!("sms-dispatch-bench-{}:", fastrand::u64(..)),
+        ),
+    ];
+    let with_redis = worker_throughput(
+        sizes.instant_jobs,
+        INSTANT_PREFETCH,
+        Duration::ZERO,
+        &redis_env,
+    )
+    .await;
+    println!(
+        "worker + Redis    {:>8.0} jobs/s  ({:.1} µs/job worker CPU; without Redis {:.0} jobs/s, {:.1} µs/job)",
+        with_redis.rate, with_redis.cpu_per_job_us, instant.rate, instant.cpu_per_job_us
+    );
+
+    // 6. A fleet: 1, 2 and 4 workers with Twilio at 200 ms and the default
+    //    prefetch, the median of several runs each.
+    println!(
+        "fleet, 200 ms, prefetch {}, median of {} run(s) [min–max]:",
+        INSTANT_PREFETCH, sizes.fleet_runs
+    );
+    let mut one_worker = None;
+    for workers in [1usize, 2, 4] {
+        let mut rates = Vec::new();
+        for _ in 0..sizes.fleet_runs {
+            let jobs = sizes.fleet_jobs_per_worker * workers;
+            rates.push(fleet_throughput(workers, jobs, INSTANT_PREFETCH, TWILIO_LATENCY).await);
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        let base = *one_worker.get_or_insert(median);
+        println!(
+            "  {workers} worker(s)   {:>8.0} jobs/s  [{:.0}–{:.0}]  {:.2} × ({workers} × one worker)",
+            median,
+            rates[0],
+            rates[rates.len() - 1],
+            median / (base * workers as f64)
+        );
+    }
 
     println!();
     println!("targets:");
@@ -366,6 +424,7 @@ impl Worker {
         twilio: &FakeTwilio,
         connector: &Connector,
         prefetch: u16,
+        env: &[(&str, String)],
     ) -> Worker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -394,6 +453,7 @@ impl Worker {
             .env("SMS_DISPATCH_PREFETCH", prefetch.to_string())
             .env("SMS_DISPATCH_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -418,28 +478,38 @@ impl Worker {
         }
     }
 
-    /// User + system CPU seconds so far.
+    /// User + system CPU seconds so far. A figure that cannot be read
+    /// stops the benchmark: a 0 would print as a PASS.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-        let f: Vec<f64> = after
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let after = stat
+            .rfind(')')
+            .map(|i| &stat[i + 2..])
+            .unwrap_or_else(|| panic!("{path}: no command name"));
+        let field = |n: usize| -> f64 {
+            after
+                .split_whitespace()
+                .nth(n)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: field {n} unreadable"))
+        };
+        // utime and stime, in clock ticks (100 per second on Linux).
+        (field(11) + field(12)) / 100.0
     }
 
-    /// Peak resident set size, MiB.
+    /// Peak resident set size, MiB. A figure that cannot be read stops the
+    /// benchmark.
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+            .map(|kb| kb / 1024.0)
+            .unwrap_or_else(|| panic!("{path}: no VmHWM line"))
     }
 }
 
@@ -501,7 +571,12 @@ struct Throughput {
 
 /// Pre-publishes `jobs`, starts the worker, and measures from the fake's
 /// first request to its last.
-async fn worker_throughput(jobs: usize, prefetch: u16, latency: Duration) -> Throughput {
+async fn worker_throughput(
+    jobs: usize,
+    prefetch: u16,
+    latency: Duration,
+    env: &[(&str, String)],
+) -> Throughput {
     let Stage {
         vhost,
         twilio,
@@ -512,7 +587,7 @@ async fn worker_throughput(jobs: usize, prefetch: u16, latency: Duration) -> Thr
     let bodies: Vec<Vec<u8>> = (0..jobs).map(|i| job_body(i, "+819000000000")).collect();
     publish_all(&channel, "sms", "send", &bodies).await;
 
-    let worker = Worker::start(&vhost, &twilio, &connector, prefetch).await;
+    let worker = Worker::start(&vhost, &twilio, &connector, prefetch, env).await;
     // CPU from the first Twilio call on: the start-up is not the jobs' cost.
     let mut cpu_at_first = None;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -545,6 +620,41 @@ async fn worker_throughput(jobs: usize, prefetch: u16, latency: Duration) -> Thr
     result
 }
 
+/// Pre-publishes `jobs`, starts `workers` workers, and measures from the
+/// fake's first request to its last answer.
+async fn fleet_throughput(workers: usize, jobs: usize, prefetch: u16, latency: Duration) -> f64 {
+    let Stage {
+        vhost,
+        twilio,
+        connector,
+        conn,
+        channel,
+    } = Stage::new(latency).await;
+    // Every worker consuming before the first job is published, so each
+    // gets its share from the start.
+    let mut fleet = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let worker = Worker::start(&vhost, &twilio, &connector, prefetch, &[]).await;
+        worker.wait_ready().await;
+        fleet.push(worker);
+    }
+    let bodies: Vec<Vec<u8>> = (0..jobs).map(|i| job_body(i, "+819100000000")).collect();
+    publish_all(&channel, "sms", "send", &bodies).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while twilio.request_count() < jobs {
+        assert!(Instant::now() < deadline, "the fleet did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let requests = twilio.requests();
+    let accepted = requests.iter().filter(|r| r.status == 201).count();
+    assert_eq!(accepted, jobs, "every job accepted once");
+    let first = requests.iter().map(|r| r.at).min().unwrap();
+    let last = requests.iter().map(|r| r.answered_at).max().unwrap();
+    drop(fleet);
+    let _ = conn.close(200, "done".into()).await;
+    jobs as f64 / last.duration_since(first).as_secs_f64()
+}
+
 struct Latency {
     jobs: usize,
     p50_ms: f64,
@@ -567,7 +677,7 @@ async fn latency_at_rate(rate: u64, secs: u64, prefetch: u16) -> Latency {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let worker = Worker::start(&vhost, &twilio, &connector, prefetch).await;
+    let worker = Worker::start(&vhost, &twilio, &connector, prefetch, &[]).await;
     worker.wait_ready().await;
 
     let jobs = (rate * secs) as usize;
