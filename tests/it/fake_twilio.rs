@@ -904,8 +904,18 @@ async fn other_account_config() {
         assert_eq!(response.status().as_u16(), 201);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["account_sid"], account);
-        // The default test account is unknown to this fake.
-        expect_error(send(&client, &fake, &form).await, 404, 20404).await;
+        // The default test account's credentials are unknown to this fake:
+        // Twilio authenticates before it reads the path.
+        expect_error(send(&client, &fake, &form).await, 401, 20003).await;
+        // Known credentials on another account's path: not found.
+        let other = client
+            .post(messages_url(&fake, TEST_ACCOUNT_SID))
+            .basic_auth(account, Some("token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        expect_error(other, 404, 20404).await;
     })
     .await
 }
@@ -941,4 +951,29 @@ fn dates_look_like_twilio() {
         "Thu, 01 Jan 1970 00:00:00 +0000"
     );
     assert!(format_rfc2822(SystemTime::now()).ends_with(" +0000"));
+}
+
+#[tokio::test]
+async fn a_messaging_service_send_is_accepted_with_zero_segments_and_bare_replies_have_no_body() {
+    within_deadline(async {
+        let fake = FakeTwilio::start().await;
+        let client = client();
+        let form = [
+            ("To", TO),
+            ("MessagingServiceSid", TEST_MESSAGING_SERVICE_SID),
+            ("Body", "Your code is 123456"),
+        ];
+        let response = send(&client, &fake, &form).await;
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().await.unwrap();
+        // As Twilio: the count comes later, once a sender is chosen.
+        assert_eq!(body["status"], "accepted");
+        assert_eq!(body["num_segments"], "0");
+
+        fake.set_default(Reply::bare(401));
+        let response = send(&client, &fake, &form).await;
+        assert_eq!(response.status().as_u16(), 401);
+        assert!(response.bytes().await.unwrap().is_empty());
+    })
+    .await
 }

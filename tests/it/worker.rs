@@ -352,3 +352,40 @@ async fn dry_run_renders_and_logs_masked_without_calling_twilio() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_403_from_an_edge_pauses_and_dead_letters_nothing() {
+    within(120, async {
+        // An edge in front of Twilio (a proxy, a WAF) refusing with a status
+        // and no body: every job would hit it, so it is an account-level
+        // fault, not a reason to dead-letter the queue.
+        let twilio = FakeTwilio::start().await;
+        twilio.set_default(Reply::bare(403));
+        let bed = TestBed::start_with(ConfigFile::full(), twilio, |o| o.prefetch = 4).await;
+        let jobs: Vec<TestJob> = (0..5).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        for job in &jobs {
+            bed.publish(job).await;
+        }
+        let body = eventually(SECS, "/readyz to report the pause", || async {
+            let (status, body) = bed.worker.readyz().await;
+            (status == 503 && body["reason"] == "paused").then_some(body)
+        })
+        .await;
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(
+            detail.contains("403") && detail.contains("empty body"),
+            "{body}"
+        );
+        assert_eq!(ready(&bed.channel, "sms.dead").await, 0);
+        bed.twilio.set_default(Reply::created());
+        bed.twilio
+            .wait_until(Duration::from_secs(90), "every job sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= jobs.len()
+            })
+            .await;
+        bed.wait_drained(SECS).await;
+        assert_eq!(ready(&bed.channel, "sms.dead").await, 0);
+        bed.worker.finish().await;
+    })
+    .await;
+}

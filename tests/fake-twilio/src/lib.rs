@@ -91,6 +91,9 @@ enum ReplyKind {
     Json,
     /// A proxy's HTML error page.
     Html,
+    /// The status alone, with an empty body (as a load balancer or an edge
+    /// in front of Twilio may answer 401, 403 or 502).
+    Bare,
     /// Read the request, then close the connection without any HTTP answer.
     HangUp,
 }
@@ -158,6 +161,15 @@ impl Reply {
     }
 
     /// A proxy's HTML error page (nginx style), `text/html`, not JSON.
+    /// `status` with no body at all.
+    pub fn bare(status: u16) -> Reply {
+        Reply {
+            kind: ReplyKind::Bare,
+            ..Reply::html(status)
+        }
+    }
+
+    /// A proxy's HTML error page with `status`.
     pub fn html(status: u16) -> Reply {
         Reply {
             kind: ReplyKind::Html,
@@ -673,14 +685,16 @@ fn decide(shared: &Shared, parts: &hyper::http::request::Parts, body: Option<&[u
     };
 
     let mut latency = None;
-    let reply = if parts.method != Method::POST
+    // Twilio authenticates before it looks at the path: bad credentials get
+    // 401 whatever the URL.
+    let reply = if !authenticated {
+        Reply::error(401, 20003)
+    } else if parts.method != Method::POST
         || account_sid.is_none_or(|sid| sid != shared.account_sid)
     {
         Reply::error(404, 20404)
     } else if body.is_none() {
         Reply::error(413, 20413).with_message("Request entity too large")
-    } else if !authenticated {
-        Reply::error(401, 20003)
     } else if let Some(code) = validate(&form) {
         Reply::error(400, code)
     } else {
@@ -772,6 +786,7 @@ fn answer(shared: &Shared, decided: Decided) -> Answer {
             (reply.status, "application/json; charset=utf-8", body)
         }
         ReplyKind::Html => (reply.status, "text/html", html_page(reply.status)),
+        ReplyKind::Bare => (reply.status, "text/plain", String::new()),
     };
 
     let answer = if reply.kind == ReplyKind::HangUp {
@@ -924,7 +939,9 @@ fn message_resource(received: &Received, sid: &str, date: &str) -> String {
         "from": from,
         "messaging_service_sid": service,
         "num_media": "0",
-        "num_segments": num_segments(body).to_string(),
+        // A Messaging Service send is "accepted" before Twilio has chosen a
+        // sender and encoded the body: it answers "0" segments at creation.
+        "num_segments": if service.is_some() { "0".to_owned() } else { num_segments(body).to_string() },
         "price": null,
         "price_unit": "USD",
         "sid": sid,
