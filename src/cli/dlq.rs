@@ -577,11 +577,15 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
         .partition(|h| h.entry.id.as_ref().is_none_or(|id| seen.insert(id.clone())));
     let mut out = table(movable.iter().map(|h| &h.entry));
     if args.dry_run {
+        let copies = if copies.is_empty() {
+            String::new()
+        } else {
+            format!(" (and remove {} copies)", copies.len())
+        };
         let _ = writeln!(
             out,
-            "dry run: would replay {} (and remove {} copies of them); {}",
+            "dry run: would replay {}{copies}; {}",
             movable.len(),
-            copies.len(),
             refusals(&refused)
         );
         return emit(&out);
@@ -638,7 +642,7 @@ async fn replay(publisher: &Publisher, held: &[Held], args: &ReplayArgs) -> Resu
         }
     }
     let duplicates = if removed > 0 {
-        format!(" (and removed {removed} duplicate dead letters of them)")
+        format!(" (and removed {removed} duplicate dead letters)")
     } else {
         String::new()
     };
