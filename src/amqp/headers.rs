@@ -17,6 +17,10 @@ pub(crate) const HEADER_TWILIO_CODE: &str = "x-sms-twilio-code";
 /// (long): the expiry of a job without `expires_at` or AMQP timestamp is
 /// counted from it, across retries.
 pub(crate) const HEADER_FIRST_SEEN: &str = "x-sms-first-seen";
+/// When a call that may have created the job's message (a timeout, a 5xx)
+/// was made, in milliseconds since the epoch (long): the next attempt asks
+/// Twilio's message list before it calls again.
+pub(crate) const HEADER_AMBIGUOUS_SINCE: &str = "x-sms-ambiguous-since";
 /// W3C trace context of the request that asked for the code.
 pub(crate) const HEADER_TRACEPARENT: &str = "traceparent";
 /// Set by quorum queues on redelivery; dropped when we republish.
@@ -43,6 +47,13 @@ pub(crate) fn published_at(properties: &lapin::BasicProperties) -> Option<System
             SystemTime::UNIX_EPOCH + Duration::from_secs(t)
         }
     })
+}
+
+/// A time header in milliseconds since the epoch, if present.
+pub(crate) fn millis_header(headers: Option<&FieldTable>, name: &str) -> Option<SystemTime> {
+    header_i64(headers, name)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// The first receipt recorded in [`HEADER_FIRST_SEEN`], if any.

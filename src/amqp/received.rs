@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use lapin::BasicProperties;
 
-use super::headers::{self, HEADER_ATTEMPTS, HEADER_TRACEPARENT};
+use super::headers::{self, HEADER_AMBIGUOUS_SINCE, HEADER_ATTEMPTS, HEADER_TRACEPARENT};
 use crate::job::Envelope;
 use crate::trace_context::TraceParent;
 
@@ -27,6 +27,8 @@ pub(crate) struct Received {
     pub(crate) first_seen_carried: bool,
     /// The producer's W3C trace context, from the `traceparent` header.
     pub(crate) trace: Option<TraceParent>,
+    /// When an earlier call that may have created the message was made.
+    pub(crate) ambiguous_since: Option<SystemTime>,
 }
 
 impl Received {
@@ -45,6 +47,7 @@ impl Received {
             first_seen: carried.unwrap_or(now),
             first_seen_carried: carried.is_some(),
             trace: headers::header_str(table, HEADER_TRACEPARENT).and_then(TraceParent::parse),
+            ambiguous_since: headers::millis_header(table, HEADER_AMBIGUOUS_SINCE),
         }
     }
 

@@ -48,17 +48,29 @@ const RECORD_MARGIN: Duration = Duration::from_secs(300);
 /// How long an attempt marker is kept: longer than any job may live.
 const MARKER_TTL: Duration = Duration::from_secs(2 * 86_400);
 
-/// Before a call: is the id sent? Else lease it (and mark the attempt).
+/// Before a call: is the id sent? Else lease it, and mark the attempt (the
+/// first marker stays: it dates the oldest attempt that may have sent).
 /// KEYS: sent, lease, attempt. ARGV: token, lease ms, marker ms, now ms.
-/// Returns {"sent", sid} | {"busy", ""} | {"leased", ""}.
+/// Returns {"sent", sid} | {"busy", ""} | {"leased", earlier marker or ""}.
 const CHECK_AND_LEASE: &str = r#"
 local sid = redis.call('GET', KEYS[1])
 if sid then return {'sent', sid} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then return {'leased', earlier} end
   redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
   return {'leased', ''}
 end
 return {'busy', ''}
+"#;
+
+/// Before a call that followed a reconciliation: the lease lives on for
+/// the call. KEYS: lease. ARGV: token, lease ms.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
 "#;
 
 /// After Twilio's 201: record the SID, end our lease.
@@ -69,9 +81,13 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
 
-/// After a failed call: end our lease (only ours).
-/// KEYS: lease. ARGV: token.
+/// After a failed call: end our lease (only ours); after a failure that
+/// certainly sent nothing, also the attempt marker this attempt wrote.
+/// KEYS: lease, attempt. ARGV: token, '1' when nothing was sent, our marker.
 const RELEASE: &str = r#"
+if ARGV[2] == '1' and ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -84,7 +100,14 @@ pub(crate) enum LeaseCheck {
     /// Another worker's call for it is in flight (its lease is live).
     Busy,
     /// Ours to send: the lease is held until it is recorded or released.
-    Leased(Lease),
+    /// `earlier` dates an earlier attempt that may have sent (its marker
+    /// is there, but no sent record): the call must be reconciled first.
+    Leased {
+        /// The lease.
+        lease: Lease,
+        /// The first attempt's time, when an earlier attempt left a marker.
+        earlier: Option<SystemTime>,
+    },
     /// Redis did not answer: decide from this process's memory.
     Unavailable,
 }
@@ -93,6 +116,8 @@ pub(crate) enum LeaseCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lease {
     token: String,
+    /// The attempt marker this attempt wrote (empty when one was there).
+    marker: String,
 }
 
 /// The fleet's record of sends in Redis. Cheap to clone.
@@ -108,6 +133,7 @@ pub(crate) struct RedisStore {
     check_and_lease: Arc<redis::Script>,
     record_sent: Arc<redis::Script>,
     release: Arc<redis::Script>,
+    renew: Arc<redis::Script>,
 }
 
 impl RedisStore {
@@ -130,6 +156,7 @@ impl RedisStore {
             check_and_lease: Arc::new(redis::Script::new(CHECK_AND_LEASE)),
             record_sent: Arc::new(redis::Script::new(RECORD_SENT)),
             release: Arc::new(redis::Script::new(RELEASE)),
+            renew: Arc::new(redis::Script::new(RENEW)),
         };
         let slot = Arc::clone(&store.connection);
         let shown = settings.url_for_logs();
@@ -234,7 +261,23 @@ impl RedisStore {
         let result: Result<(String, String), String> = self.run(invocation).await;
         match self.answered(result) {
             Some((state, sid)) if state == "sent" => LeaseCheck::Sent { sid },
-            Some((state, _)) if state == "leased" => LeaseCheck::Leased(Lease { token }),
+            Some((state, earlier)) if state == "leased" => {
+                let earlier_at = earlier
+                    .parse::<u64>()
+                    .ok()
+                    .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+                LeaseCheck::Leased {
+                    lease: Lease {
+                        token,
+                        marker: if earlier_at.is_some() {
+                            String::new()
+                        } else {
+                            now.to_string()
+                        },
+                    },
+                    earlier: earlier_at,
+                }
+            }
             Some(_) => LeaseCheck::Busy,
             None => LeaseCheck::Unavailable,
         }
@@ -261,11 +304,30 @@ impl RedisStore {
         self.answered(result);
     }
 
+    /// Makes `lease` live `lease_for` from now (after a reconciliation,
+    /// right before the call).
+    pub(crate) async fn renew(&self, id: &JobId, lease: &Lease, lease_for: Duration) {
+        let mut invocation = self.renew.prepare_invoke();
+        invocation
+            .key(self.key("lease", id))
+            .arg(&lease.token)
+            .arg(millis(lease_for));
+        let result: Result<i64, String> = self.run(invocation).await;
+        self.answered(result);
+    }
+
     /// After a failed call: ends `lease` so the job's next attempt (here or
-    /// on another worker) need not wait for it to expire.
-    pub(crate) async fn release(&self, id: &JobId, lease: &Lease) {
+    /// on another worker) need not wait for it to expire. `nothing_sent`:
+    /// the failure proves no message was created (a 4xx, a refused
+    /// connection), so this attempt's marker goes too.
+    pub(crate) async fn release(&self, id: &JobId, lease: &Lease, nothing_sent: bool) {
         let mut invocation = self.release.prepare_invoke();
-        invocation.key(self.key("lease", id)).arg(&lease.token);
+        invocation
+            .key(self.key("lease", id))
+            .key(self.key("attempt", id))
+            .arg(&lease.token)
+            .arg(if nothing_sent { "1" } else { "0" })
+            .arg(&lease.marker);
         let result: Result<i64, String> = self.run(invocation).await;
         self.answered(result);
     }
@@ -303,7 +365,10 @@ mod tests {
             .await
             .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
         let id = JobId::parse("job-1").unwrap();
-        let LeaseCheck::Leased(lease) = store.check_and_lease(&id, Duration::from_secs(30)).await
+        let LeaseCheck::Leased {
+            lease,
+            earlier: None,
+        } = store.check_and_lease(&id, Duration::from_secs(30)).await
         else {
             panic!("a fresh id is ours to send");
         };
@@ -334,22 +399,58 @@ mod tests {
             .await
             .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
         let id = JobId::parse("job-2").unwrap();
-        let LeaseCheck::Leased(lease) = store.check_and_lease(&id, Duration::from_secs(30)).await
+        let LeaseCheck::Leased {
+            lease,
+            earlier: None,
+        } = store.check_and_lease(&id, Duration::from_secs(30)).await
         else {
             panic!("a fresh id is ours to send");
         };
         let stranger = Lease {
             token: "not-the-holder".to_owned(),
+            marker: String::new(),
         };
-        store.release(&id, &stranger).await;
+        store.release(&id, &stranger, true).await;
         assert_eq!(
             store.check_and_lease(&id, Duration::from_secs(30)).await,
             LeaseCheck::Busy
         );
-        store.release(&id, &lease).await;
+        // A call that may have sent: the next attempt learns when it was.
+        store.release(&id, &lease, false).await;
+        let LeaseCheck::Leased {
+            lease,
+            earlier: Some(_),
+        } = store.check_and_lease(&id, Duration::from_secs(30)).await
+        else {
+            panic!("the earlier attempt's marker must show");
+        };
+        store.release(&id, &lease, true).await;
+        // That marker stays, even after a later attempt that certainly sent
+        // nothing.
         assert!(matches!(
             store.check_and_lease(&id, Duration::from_secs(30)).await,
-            LeaseCheck::Leased(_)
+            LeaseCheck::Leased {
+                earlier: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_certainly_sent_nothing_leaves_no_marker() {
+        let store = store()
+            .await
+            .expect("Redis on 127.0.0.1:6379 (.ci/run starts it)");
+        let id = JobId::parse("job-5").unwrap();
+        let LeaseCheck::Leased { lease, .. } =
+            store.check_and_lease(&id, Duration::from_secs(30)).await
+        else {
+            panic!("fresh");
+        };
+        store.release(&id, &lease, true).await;
+        assert!(matches!(
+            store.check_and_lease(&id, Duration::from_secs(30)).await,
+            LeaseCheck::Leased { earlier: None, .. }
         ));
     }
 
@@ -360,7 +461,8 @@ mod tests {
             store().await.expect("Redis on 127.0.0.1:6379"),
         );
         let id = JobId::parse("job-3").unwrap();
-        let LeaseCheck::Leased(lease) = a.check_and_lease(&id, Duration::from_secs(30)).await
+        let LeaseCheck::Leased { lease, .. } =
+            a.check_and_lease(&id, Duration::from_secs(30)).await
         else {
             panic!("fresh");
         };
@@ -368,7 +470,7 @@ mod tests {
             .await;
         assert!(matches!(
             b.check_and_lease(&id, Duration::from_secs(30)).await,
-            LeaseCheck::Leased(_)
+            LeaseCheck::Leased { earlier: None, .. }
         ));
     }
 

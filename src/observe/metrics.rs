@@ -52,6 +52,12 @@ pub(crate) struct EncodingLabel {
     pub encoding: &'static str,
 }
 
+/// `{result}` of a reconciliation: `found`, `not_found` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
+}
+
 /// `{store}`: where a duplicate was recognised, `memory` or `redis`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StoreLabel {
@@ -80,6 +86,7 @@ pub(crate) struct Metrics {
     pub segments: Family<EncodingLabel, Counter>,
     pub(crate) duplicates_suppressed: Family<StoreLabel, Counter>,
     pub(crate) redis_connected: Gauge,
+    pub(crate) reconciled: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +120,7 @@ impl Metrics {
         let segments = Family::<EncodingLabel, Counter>::default();
         let duplicates_suppressed = Family::<StoreLabel, Counter>::default();
         let redis_connected = Gauge::default();
+        let reconciled = Family::<ResultLabel, Counter>::default();
 
         registry.register(
             "sms_jobs_received",
@@ -179,6 +187,11 @@ impl Metrics {
             "1 while the fleet's Redis answers (0 without one, or while it is down: duplicate protection is then per worker)",
             redis_connected.clone(),
         );
+        registry.register(
+            "sms_reconciled",
+            "Ambiguous attempts settled against Twilio's message list, by result (found: sent already, acked without a send; not_found: sent now; failed: the list could not be read, sent now)",
+            reconciled.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -210,6 +223,9 @@ impl Metrics {
         for encoding in ["gsm7", "ucs2"] {
             let _ = segments.get_or_create(&EncodingLabel { encoding });
         }
+        for result in ["found", "not_found", "failed"] {
+            let _ = reconciled.get_or_create(&ResultLabel { result });
+        }
         for store in ["memory", "redis"] {
             let _ = duplicates_suppressed.get_or_create(&StoreLabel { store });
         }
@@ -235,7 +251,13 @@ impl Metrics {
             segments,
             duplicates_suppressed,
             redis_connected,
+            reconciled,
         }
+    }
+
+    /// Counts a reconciliation by its result.
+    pub(crate) fn reconciled(&self, result: &'static str) {
+        self.reconciled.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a job acked without a send because it was sent already.

@@ -156,6 +156,7 @@ pub(crate) struct TwilioClient {
     sender: Sender,
     risk_check: Option<bool>,
     request_timeout: Duration,
+    base_url: String,
 }
 
 impl std::fmt::Debug for TwilioClient {
@@ -197,7 +198,33 @@ impl TwilioClient {
             sender: settings.sender.clone(),
             risk_check: settings.risk_check,
             request_timeout: settings.request_timeout,
+            base_url: settings.base_url.clone(),
         })
+    }
+
+    /// The Messages resource's URL (create and list).
+    pub(super) fn messages_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Twilio's API root, for the list's `next_page_uri`.
+    pub(super) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The pooled HTTP client.
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The basic-auth user and password.
+    pub(super) fn credentials(&self) -> (&str, &SecretString) {
+        (&self.username, &self.password)
+    }
+
+    /// Who the messages come from.
+    pub(crate) fn sender(&self) -> &Sender {
+        &self.sender
     }
 
     /// The longest one call may take (after it, the call counts as failed,

@@ -6,8 +6,10 @@
 
 pub(crate) mod classify;
 mod client;
+mod list;
 mod settings;
 
 pub(crate) use classify::Class;
 pub(crate) use client::{Accepted, Outgoing, SendError, TwilioClient};
+pub(crate) use list::Listed;
 pub(crate) use settings::{DEFAULT_TWILIO_BASE_URL, Sender, TwilioAuth, TwilioSettings};

@@ -13,6 +13,7 @@ pub(crate) mod consumer;
 mod in_flight;
 pub(crate) mod pause;
 mod recent;
+mod reconcile;
 mod send;
 mod settle;
 mod throttle;
@@ -126,6 +127,8 @@ pub(crate) struct Worker {
     in_flight: InFlight,
     /// The fleet's record of sends and leases, when Redis is configured.
     fleet: Option<RedisStore>,
+    /// Twilio list calls (reconciliation) this worker may make at once.
+    list_calls: tokio::sync::Semaphore,
 }
 
 impl Worker {
@@ -152,6 +155,7 @@ impl Worker {
             recent: RecentlySent::new(10_000.max(prefetch * 64), Duration::from_secs(3600)),
             in_flight: InFlight::default(),
             fleet,
+            list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
         }
     }
 
@@ -290,15 +294,8 @@ impl Worker {
                 )
             }
             Gateway::Twilio(client) => {
-                self.send(
-                    client,
-                    &delivery.acker,
-                    &job,
-                    &body,
-                    received.attempts,
-                    handling,
-                )
-                .await
+                self.send(client, &delivery.acker, &job, &body, &received, handling)
+                    .await
             }
         };
 
@@ -364,6 +361,18 @@ impl Worker {
                 self.ack(&delivery, Finished::Duplicate).await
             }
             SendResult::SentElsewhere => self.park_while_leased(&delivery, &received).await,
+            SendResult::Reconciled(sid, attempts) => {
+                if job.id_is_distinct {
+                    self.recent.insert(&job.id);
+                }
+                sent.mark();
+                tracing::Span::current().record("message_sid", sid.as_str());
+                info!(
+                    outcome = "reconciled",
+                    attempts, "an earlier attempt had created the message; acking without sending"
+                );
+                self.ack(&delivery, Finished::Sent).await
+            }
             SendResult::Abandoned => {
                 warn!(
                     "the delivery's channel was lost before the call; not sending (the broker delivers the job again)"
@@ -374,6 +383,7 @@ impl Worker {
                 error,
                 attempts,
                 next,
+                ambiguous_since,
             } => match next {
                 Next::DeadLetter(reason) => {
                     let text = error.to_string();
@@ -385,8 +395,13 @@ impl Worker {
                     self.dead_letter(&delivery, letter).await
                 }
                 Next::Park { delay, tier } => {
-                    self.park(&delivery, &received, &error, attempts, delay, tier)
-                        .await
+                    let retry = settle::Retry {
+                        attempts,
+                        delay,
+                        tier,
+                        ambiguous_since,
+                    };
+                    self.park(&delivery, &received, &error, retry).await
                 }
                 Next::Requeue => self.put_back(&delivery, &job, &received).await,
             },

@@ -7,7 +7,9 @@ use tracing::{info, warn};
 
 use lapin::Acker;
 
+use super::reconcile::Reconciled;
 use super::{Handling, Worker};
+use crate::amqp::Received;
 use crate::amqp::dead_letter::Reason;
 use crate::fleet::LeaseCheck;
 use crate::job::Job;
@@ -23,7 +25,13 @@ pub(super) enum SendResult {
         error: SendError,
         attempts: u32,
         next: Next,
+        /// When a call that may have created the message was made: a parked
+        /// retry carries it, so that it reconciles before calling again.
+        ambiguous_since: Option<SystemTime>,
     },
+    /// An earlier call had created the message after all (Twilio lists it
+    /// under this SID): ack without sending.
+    Reconciled(String, u32),
     /// The code went stale before an attempt.
     Expired(u32),
     /// The worker is paused; the job goes back untouched.
@@ -86,9 +94,11 @@ impl Worker {
         acker: &Acker,
         job: &Job,
         body: &str,
-        mut attempts: u32,
+        received: &Received,
         handling: Handling,
     ) -> SendResult {
+        let mut attempts = received.attempts;
+        let mut ambiguous_since = received.ambiguous_since;
         loop {
             if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
                 return stop;
@@ -126,15 +136,49 @@ impl Worker {
                             return SendResult::Duplicate(Store::Redis { sid });
                         }
                         LeaseCheck::Busy => return SendResult::SentElsewhere,
-                        LeaseCheck::Leased(lease) => Some(lease),
+                        LeaseCheck::Leased { lease, earlier } => {
+                            // An attempt left its marker and no record (its
+                            // worker died mid-call): it may have sent.
+                            if let Some(earlier) = earlier {
+                                ambiguous_since =
+                                    Some(ambiguous_since.map_or(earlier, |a| a.min(earlier)));
+                            }
+                            Some(lease)
+                        }
                         // Redis is down: this process's memory decides.
                         LeaseCheck::Unavailable => None,
                     }
                 }
                 _ => None,
             };
+            // An earlier call may have created the message: ask Twilio before
+            // calling again.
+            if let Some(since) = ambiguous_since.take() {
+                match self.reconcile(client, job, body, since).await {
+                    Reconciled::Found(sid) => {
+                        self.recent.insert(&job.id);
+                        if let Some(fleet) = &self.fleet {
+                            fleet
+                                .record_sent(&job.id, &sid, job.expires_at, lease.as_ref())
+                                .await;
+                        }
+                        return SendResult::Reconciled(sid, attempts);
+                    }
+                    Reconciled::NotFound | Reconciled::Failed => {
+                        if let (Some(fleet), Some(lease)) = (&self.fleet, &lease) {
+                            let lease_for = client.request_timeout() + LEASE_MARGIN;
+                            fleet.renew(&job.id, lease, lease_for).await;
+                        }
+                    }
+                }
+                // The wait and the list took time.
+                if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
+                    return stop;
+                }
+            }
             attempts += 1;
             let started = Instant::now();
+            let called_at = SystemTime::now();
             let result = client
                 .send(Outgoing {
                     to: &job.to,
@@ -165,9 +209,14 @@ impl Worker {
                 Err(error) => error,
             };
             if let (Some(fleet), Some(lease)) = (&self.fleet, &lease) {
-                fleet.release(&job.id, lease).await;
+                fleet.release(&job.id, lease, !error.may_have_sent()).await;
             }
             drop(claim);
+            // A timeout or a 5xx may have created the message: whoever tries
+            // next reconciles first.
+            if error.may_have_sent() {
+                ambiguous_since.get_or_insert(called_at);
+            }
             let class = error.class();
             let class_label = if error.is_network() {
                 "network"
@@ -219,6 +268,7 @@ impl Worker {
                 error,
                 attempts,
                 next,
+                ambiguous_since,
             };
         }
     }

@@ -3,7 +3,7 @@
 //! while paused. A delivery whose channel is gone is left to the broker,
 //! which delivers it again.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lapin::Acker;
 use lapin::BasicProperties;
@@ -14,7 +14,9 @@ use tracing::{error, info, warn};
 use super::send::RetryIn;
 use super::{Finished, Worker};
 use crate::amqp::dead_letter::DeadLetter;
-use crate::amqp::headers::{self, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN};
+use crate::amqp::headers::{
+    self, HEADER_AMBIGUOUS_SINCE, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN,
+};
 use crate::amqp::{CONFIRM_TIMEOUT, PublishError, Received, topology};
 use crate::job::Job;
 use crate::retry::DELAY_TIERS;
@@ -68,6 +70,18 @@ pub(super) async fn ack_after_panic(acker: &Acker) -> Finished {
         Ok(true) => Finished::Panicked,
         Ok(false) | Err(_) => Finished::Abandoned,
     }
+}
+
+/// A retry to park: when and where it comes back, and what it carries.
+pub(super) struct Retry {
+    /// Twilio calls made so far.
+    pub(super) attempts: u32,
+    /// How long until it comes back.
+    pub(super) delay: Duration,
+    /// The delay queue's tier (at least `delay`).
+    pub(super) tier: Duration,
+    /// When a call that may have created the message was made.
+    pub(super) ambiguous_since: Option<SystemTime>,
 }
 
 impl Worker {
@@ -159,16 +173,14 @@ impl Worker {
         delivery: &Delivery,
         received: &Received,
         error: &SendError,
-        attempts: u32,
-        delay: Duration,
-        tier: Duration,
+        retry: Retry,
     ) -> Finished {
         match self
-            .publish_to_delay_queue(delivery, received, attempts, delay, tier)
+            .publish_to_delay_queue(delivery, received, &retry)
             .await
         {
             Ok(queue) => {
-                self.count_retry(error, attempts, delay, RetryIn::Queue(&queue));
+                self.count_retry(error, retry.attempts, retry.delay, RetryIn::Queue(&queue));
                 self.ack(delivery, Finished::Parked).await
             }
             Err(left) => left,
@@ -185,9 +197,14 @@ impl Worker {
         delivery: &Delivery,
         received: &Received,
     ) -> Finished {
-        let wait = DELAY_TIERS[0];
+        let retry = Retry {
+            attempts: received.attempts,
+            delay: DELAY_TIERS[0],
+            tier: DELAY_TIERS[0],
+            ambiguous_since: received.ambiguous_since,
+        };
         match self
-            .publish_to_delay_queue(delivery, received, received.attempts, wait, wait)
+            .publish_to_delay_queue(delivery, received, &retry)
             .await
         {
             Ok(queue) => {
@@ -202,22 +219,28 @@ impl Worker {
         }
     }
 
-    /// Publishes a copy of the job to the delay queue of `tier`, to come back
-    /// after `delay`, with `attempts` and its first receipt in its headers.
-    /// Returns the queue's name once the broker confirmed it.
+    /// Publishes a copy of the job to the delay queue of `retry.tier`, to
+    /// come back after `retry.delay`, with the attempt count, its first
+    /// receipt and any ambiguous call in its headers. Returns the queue's
+    /// name once the broker confirmed it.
     async fn publish_to_delay_queue(
         &self,
         delivery: &Delivery,
         received: &Received,
-        attempts: u32,
-        delay: Duration,
-        tier: Duration,
+        retry: &Retry,
     ) -> Result<String, Finished> {
         let mut table = headers::without(
             delivery.properties.headers().as_ref(),
-            &[HEADER_DELIVERY_COUNT],
+            &[HEADER_DELIVERY_COUNT, HEADER_AMBIGUOUS_SINCE],
         );
-        headers::set_i64(&mut table, HEADER_ATTEMPTS, i64::from(attempts));
+        headers::set_i64(&mut table, HEADER_ATTEMPTS, i64::from(retry.attempts));
+        if let Some(since) = retry.ambiguous_since {
+            headers::set_i64(
+                &mut table,
+                HEADER_AMBIGUOUS_SINCE,
+                headers::unix_millis(since),
+            );
+        }
         headers::set_i64(
             &mut table,
             HEADER_FIRST_SEEN,
@@ -227,8 +250,8 @@ impl Worker {
             .properties
             .clone()
             .with_headers(table)
-            .with_expiration(delay.as_millis().to_string().into());
-        let queue = topology::delay_queue(tier);
+            .with_expiration(retry.delay.as_millis().to_string().into());
+        let queue = topology::delay_queue(retry.tier);
         self.publish_until_safe(delivery, "", &queue, properties)
             .await
             .map(|()| queue)

@@ -11,5 +11,6 @@ mod fake_twilio;
 mod fleet;
 mod ingest;
 mod observability;
+mod reconcile;
 mod support;
 mod worker;

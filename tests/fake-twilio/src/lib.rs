@@ -94,6 +94,9 @@ enum ReplyKind {
     /// The status alone, with an empty body (as a load balancer or an edge
     /// in front of Twilio may answer 401, 403 or 502).
     Bare,
+    /// The message is created (and will be listed), but the answer is
+    /// Twilio's JSON error for `status`: the ambiguous case.
+    CreatedThenError,
     /// Read the request, then close the connection without any HTTP answer.
     HangUp,
 }
@@ -161,6 +164,15 @@ impl Reply {
     }
 
     /// A proxy's HTML error page (nginx style), `text/html`, not JSON.
+    /// Creates the message, then answers a 5xx error as if it had failed:
+    /// the client cannot tell whether the code went out.
+    pub fn created_then_error(status: u16) -> Reply {
+        Reply {
+            kind: ReplyKind::CreatedThenError,
+            ..Reply::server_error(status)
+        }
+    }
+
     /// `status` with no body at all.
     pub fn bare(status: u16) -> Reply {
         Reply {
@@ -298,10 +310,31 @@ impl Received {
 // The server
 // ---------------------------------------------------------------------------------------
 
+/// A message the account holds, as the list endpoint shows it.
+#[derive(Clone, Debug)]
+struct Message {
+    sid: String,
+    to: String,
+    from: Option<String>,
+    service: Option<String>,
+    body: String,
+    created: SystemTime,
+    /// When it starts to show in lists (creation + the listing delay).
+    listed_from: Instant,
+}
+
 struct State {
     scripts: HashMap<String, VecDeque<Reply>>,
     default: Reply,
     latency: Duration,
+    /// Every message created (or injected), oldest first.
+    messages: Vec<Message>,
+    /// How long a created message takes to show in lists.
+    listing_delay: Duration,
+    /// When set, list calls get this answer instead.
+    list_reply: Option<Reply>,
+    /// List calls made.
+    list_calls: usize,
     /// The gate: `None` when open; `Some(n)` when closed after `n` more requests.
     passes: Option<usize>,
 }
@@ -378,6 +411,10 @@ impl FakeTwilio {
                 default: Reply::created(),
                 latency: config.latency,
                 passes: None,
+                messages: Vec::new(),
+                listing_delay: Duration::ZERO,
+                list_reply: None,
+                list_calls: 0,
             }),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -399,6 +436,57 @@ impl FakeTwilio {
 
     fn shared(&self) -> &Shared {
         &self.server.shared
+    }
+
+    /// How long a created message takes to show in `GET …/Messages.json`
+    /// (Twilio promises no immediate listing).
+    pub fn set_listing_delay(&self, delay: Duration) {
+        lock(&self.shared().state).listing_delay = delay;
+    }
+
+    /// Makes every list call answer `reply` (e.g. a 500 or a 429); `None`
+    /// lists again.
+    pub fn set_list_reply(&self, reply: Option<Reply>) {
+        lock(&self.shared().state).list_reply = reply;
+    }
+
+    /// List calls made so far.
+    pub fn list_calls(&self) -> usize {
+        lock(&self.shared().state).list_calls
+    }
+
+    /// Messages the account created for `to` (by any answer, including a
+    /// 5xx after creating, and injected ones).
+    pub fn messages_to(&self, to: &str) -> usize {
+        lock(&self.shared().state)
+            .messages
+            .iter()
+            .filter(|m| m.to == to)
+            .count()
+    }
+
+    /// Adds a message the account sent otherwise (another service, an
+    /// earlier sign-in), created at `created`: from the Messaging Service
+    /// `service` or the number `from`.
+    pub fn inject_message(
+        &self,
+        to: &str,
+        service: Option<&str>,
+        from: Option<&str>,
+        body: &str,
+        created: SystemTime,
+    ) {
+        let mut state = lock(&self.shared().state);
+        let sid = next_message_sid(self.shared().sid_prefix);
+        state.messages.push(Message {
+            sid,
+            to: to.to_string(),
+            from: from.map(str::to_string),
+            service: service.map(str::to_string),
+            body: body.to_string(),
+            created,
+            listed_from: Instant::now(),
+        });
     }
 
     /// "http://127.0.0.1:PORT"
@@ -631,6 +719,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         // The client went away in the middle of the body: the request never reached us.
         Err(_) => return Err(HangUp),
     };
+    if parts.method == Method::GET {
+        return list(&shared, &parts);
+    }
     let decided = decide(&shared, &parts, body.as_deref());
     if !decided.held && decided.latency.is_zero() {
         return answer(&shared, decided);
@@ -755,16 +846,36 @@ fn answer(shared: &Shared, decided: Decided) -> Answer {
     } = decided;
     let concurrent = shared.in_flight.load(Ordering::SeqCst);
 
+    if matches!(reply.kind, ReplyKind::Created | ReplyKind::CreatedThenError) {
+        let sid = next_message_sid(shared.sid_prefix);
+        let mut state = lock(&shared.state);
+        let listed_from = Instant::now() + state.listing_delay;
+        state.messages.push(Message {
+            sid: sid.clone(),
+            to: received.to().to_string(),
+            from: received
+                .field("From")
+                .filter(|f| !f.is_empty())
+                .map(str::to_string),
+            service: received
+                .field("MessagingServiceSid")
+                .filter(|f| !f.is_empty())
+                .map(str::to_string),
+            body: received.body().to_string(),
+            created: SystemTime::now(),
+            listed_from,
+        });
+        received.sid = Some(sid);
+    }
     let (status, content_type, body) = match reply.kind {
         ReplyKind::HangUp => (0, "", String::new()),
         ReplyKind::Created => {
-            let sid = next_message_sid(shared.sid_prefix);
+            let sid = received.sid.clone().unwrap_or_default();
             let date = date.unwrap_or_else(|| format_rfc2822(SystemTime::now()));
             let body = message_resource(&received, &sid, &date);
-            received.sid = Some(sid);
             (reply.status, "application/json; charset=utf-8", body)
         }
-        ReplyKind::Json => {
+        ReplyKind::Json | ReplyKind::CreatedThenError => {
             let code = reply.code.unwrap_or(20000 + u32::from(reply.status));
             received.twilio_code = Some(code);
             let message = match (&reply.message, code) {
@@ -823,6 +934,109 @@ fn answer(shared: &Shared, decided: Decided) -> Answer {
     lock(&shared.records).push(received);
     shared.recorded.notify_waiters();
     answer
+}
+
+/// `GET /2010-04-01/Accounts/{sid}/Messages.json?To=…&PageSize=…&Page=…`:
+/// the account's messages to `To`, newest first, a page at a time, with
+/// `next_page_uri` while there are more; only messages past the listing
+/// delay show.
+fn list(shared: &Shared, parts: &hyper::http::request::Parts) -> Answer {
+    let (_, authenticated) = check_auth(&parts.headers, &shared.credentials);
+    let path = parts.uri.path();
+    let prefix = format!(
+        "/{API_VERSION}/Accounts/{}/Messages.json",
+        shared.account_sid
+    );
+    let json = |status: u16, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        Ok(response)
+    };
+    let error = |status: u16, code: u32| {
+        json(
+            status,
+            serde_json::json!({"code": code, "message": twilio_message(code, "", ""),
+                "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status})
+            .to_string(),
+        )
+    };
+    if !authenticated {
+        return error(401, 20003);
+    }
+    if path != prefix {
+        return error(404, 20404);
+    }
+    let query: BTreeMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| parse_form(q.as_bytes()))
+        .unwrap_or_default();
+    let mut state = lock(&shared.state);
+    state.list_calls += 1;
+    if let Some(reply) = state.list_reply.clone() {
+        let code = reply.code.unwrap_or(20000 + u32::from(reply.status));
+        return error(reply.status, code);
+    }
+    let to = query.get("To").cloned().unwrap_or_default();
+    let page_size: usize = query
+        .get("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let page: usize = query.get("Page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let now = Instant::now();
+    let mut matching: Vec<&Message> = state
+        .messages
+        .iter()
+        .filter(|m| (to.is_empty() || m.to == to) && m.listed_from <= now)
+        .collect();
+    matching.sort_by_key(|m| std::cmp::Reverse(m.created));
+    let start = page * page_size;
+    let shown: Vec<serde_json::Value> = matching
+        .iter()
+        .skip(start)
+        .take(page_size)
+        .map(|m| {
+            let date = format_rfc2822(m.created);
+            serde_json::json!({
+                "account_sid": shared.account_sid,
+                "sid": m.sid,
+                "to": m.to,
+                "from": m.from,
+                "messaging_service_sid": m.service,
+                "body": m.body,
+                "status": "delivered",
+                "date_created": date,
+                "date_updated": date,
+                "date_sent": date,
+                "error_code": null,
+                "num_segments": num_segments(&m.body).to_string(),
+                "direction": "outbound-api",
+            })
+        })
+        .collect();
+    let next = (start + page_size < matching.len()).then(|| {
+        format!(
+            "{prefix}?To={}&PageSize={page_size}&Page={}",
+            to.replace('+', "%2B"),
+            page + 1
+        )
+    });
+    json(
+        200,
+        serde_json::json!({
+            "messages": shown,
+            "next_page_uri": next,
+            "page": page,
+            "page_size": page_size,
+            "uri": format!("{prefix}?To={}&PageSize={page_size}&Page={page}", to.replace('+', "%2B")),
+        })
+        .to_string(),
+    )
 }
 
 /// (username, whether user:password is one of the accepted pairs).
