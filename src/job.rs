@@ -357,10 +357,6 @@ impl Job {
     }
 
     /// The end user's IP, for abuse limits.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "checked at decode; the abuse limits will read it")
-    )]
     pub(crate) fn ip(&self) -> Option<&str> {
         self.ip.as_deref()
     }

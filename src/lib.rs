@@ -44,6 +44,7 @@ mod config;
 mod encoding;
 mod fleet;
 mod job;
+mod limits;
 mod observe;
 mod phone;
 mod retry;

@@ -21,6 +21,9 @@ pub(crate) const HEADER_FIRST_SEEN: &str = "x-sms-first-seen";
 /// was made, in milliseconds since the epoch (long): the next attempt asks
 /// Twilio's message list before it calls again.
 pub(crate) const HEADER_AMBIGUOUS_SINCE: &str = "x-sms-ambiguous-since";
+/// Set (to 1) by the ingest on a job an abuse limit already admitted, so
+/// that the worker does not count it a second time.
+pub(crate) const HEADER_ADMITTED: &str = "x-sms-admitted";
 /// W3C trace context of the request that asked for the code.
 pub(crate) const HEADER_TRACEPARENT: &str = "traceparent";
 /// Set by quorum queues on redelivery; dropped when we republish.

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use lapin::BasicProperties;
 
-use super::headers::{self, HEADER_AMBIGUOUS_SINCE, HEADER_ATTEMPTS, HEADER_TRACEPARENT};
+use super::headers::{
+    self, HEADER_ADMITTED, HEADER_AMBIGUOUS_SINCE, HEADER_ATTEMPTS, HEADER_TRACEPARENT,
+};
 use crate::job::Envelope;
 use crate::trace_context::TraceParent;
 
@@ -29,6 +31,8 @@ pub(crate) struct Received {
     pub(crate) trace: Option<TraceParent>,
     /// When an earlier call that may have created the message was made.
     pub(crate) ambiguous_since: Option<SystemTime>,
+    /// The ingest admitted it under the abuse limits already.
+    pub(crate) admitted: bool,
 }
 
 impl Received {
@@ -48,6 +52,7 @@ impl Received {
             first_seen_carried: carried.is_some(),
             trace: headers::header_str(table, HEADER_TRACEPARENT).and_then(TraceParent::parse),
             ambiguous_since: headers::millis_header(table, HEADER_AMBIGUOUS_SINCE),
+            admitted: headers::header_i64(table, HEADER_ADMITTED) == Some(1),
         }
     }
 

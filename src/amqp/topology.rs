@@ -33,6 +33,11 @@ pub(crate) const QUEUE: &str = "sms.send";
 pub(crate) const DEAD_LETTER_EXCHANGE: &str = "sms.dlx";
 /// Operators read dead letters from here.
 pub(crate) const DEAD_LETTER_QUEUE: &str = "sms.dead";
+/// Jobs an abuse limit refused: a queue of their own, so a pumping wave
+/// never pushes real dead letters out.
+pub(crate) const BLOCKED_QUEUE: &str = "sms.blocked";
+/// The most jobs `sms.blocked` keeps; beyond it the oldest are dropped.
+pub(crate) const BLOCKED_MAX_LENGTH: i64 = 100_000;
 
 /// The delay queue for one tier, e.g. `sms.retry.16s`.
 pub(crate) fn delay_queue(tier: Duration) -> String {
@@ -119,6 +124,18 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
             QueueBindOptions::default(),
             FieldTable::default(),
         )
+        .await?;
+
+    // Refused jobs: durable, classic, length-limited, oldest dropped
+    // (contract section 4). Published to directly (default exchange).
+    let mut blocked = base_args(QueueType::Classic);
+    blocked.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(BLOCKED_MAX_LENGTH),
+    );
+    blocked.insert("x-overflow".into(), long_string("drop-head"));
+    channel
+        .queue_declare(BLOCKED_QUEUE.into(), durable_queue, blocked)
         .await?;
 
     for tier in DELAY_TIERS {

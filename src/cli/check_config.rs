@@ -61,6 +61,10 @@ pub(crate) fn check_config(config: &Config) -> Result<(), CliError> {
             "duplicate protection: per worker (set SMS_DISPATCH_REDIS_URL to share it across the fleet)"
         ),
     };
+    let _ = writeln!(out, "abuse limits:");
+    for line in config.limits.to_string().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
     out.push('\n');
     let _ = writeln!(
         out,

@@ -70,6 +70,9 @@ pub(super) struct ListArgs {
     /// One JSON object per line, with the original body (code redacted).
     #[arg(long)]
     pub json: bool,
+    /// List the jobs abuse limits refused (queue sms.blocked) instead.
+    #[arg(long)]
+    pub blocked: bool,
 }
 
 /// Which dead letters a replay or purge acts on.
@@ -311,21 +314,20 @@ enum TakeError {
     Broker(#[from] lapin::Error),
 }
 
-/// Takes every message that is in `sms.dead` now, unacked, through one
+/// Takes every message that is in `queue` now, unacked, through one
 /// exclusive consumer (the broker streams them: no round trip per message),
 /// so that two commands never split the queue between them and each report
 /// half of it.
 async fn take_all(
     channel: &Channel,
+    queue_name: &'static str,
     now: SystemTime,
     default_ttl: Duration,
 ) -> Result<Vec<Held>, TakeError> {
-    let busy = TakeError::Busy {
-        queue: topology::DEAD_LETTER_QUEUE,
-    };
+    let busy = TakeError::Busy { queue: queue_name };
     let queue = channel
         .queue_declare(
-            topology::DEAD_LETTER_QUEUE.into(),
+            queue_name.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -346,12 +348,7 @@ async fn take_all(
         ..BasicConsumeOptions::default()
     };
     let mut consumer = match channel
-        .basic_consume(
-            topology::DEAD_LETTER_QUEUE.into(),
-            "".into(),
-            options,
-            FieldTable::default(),
-        )
+        .basic_consume(queue_name.into(), "".into(), options, FieldTable::default())
         .await
     {
         Ok(consumer) => consumer,
@@ -423,7 +420,11 @@ pub(super) async fn execute(config: &Config, command: DlqCommand) -> Result<(), 
     let (connection, publisher) = connect_for_command(&config.broker, "sms-dispatch dlq").await?;
     let channel = connection.create_channel().await.map_err(runtime)?;
     let now = SystemTime::now();
-    let held = take_all(&channel, now, config.default_ttl)
+    let queue = match &command {
+        DlqCommand::List(args) if args.blocked => topology::BLOCKED_QUEUE,
+        _ => topology::DEAD_LETTER_QUEUE,
+    };
+    let held = take_all(&channel, queue, now, config.default_ttl)
         .await
         .map_err(CliError::runtime)?;
 

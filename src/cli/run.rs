@@ -5,6 +5,7 @@ use super::error::CliError;
 use crate::amqp::SharedPublisher;
 use crate::config::Config;
 use crate::fleet::RedisStore;
+use crate::limits::Limiter;
 use crate::observe::health::Health;
 use crate::observe::http;
 use crate::observe::metrics::Metrics;
@@ -12,6 +13,7 @@ use crate::shutdown::Shutdown;
 use crate::twilio::TwilioClient;
 use crate::worker::Gateway;
 use crate::worker::consumer::{self, RunOptions};
+use std::sync::Arc;
 use tracing::info;
 
 /// Runs the worker until it is stopped; `dry_run` logs instead of sending.
@@ -38,10 +40,17 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             )
         }
     };
+    let limiter = Arc::new(Limiter::new(
+        config.limits.clone(),
+        fleet.clone(),
+        metrics.clone(),
+    ));
     let ingest = config.ingest_token.clone().map(|token| http::Ingest {
         token,
         publisher: publisher.clone(),
         default_ttl: config.default_ttl,
+        limiter: Arc::clone(&limiter),
+        templates: config.templates.clone(),
     });
     let (_, server) = http::serve(
         config.http_addr,
@@ -64,6 +73,7 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             shutdown: shutdown.clone(),
             publisher,
             fleet,
+            limiter,
         },
     )
     .await;

@@ -27,6 +27,13 @@ const PLAIN: &[(&str, Slot)] = &[
         &mut r.shutdown_grace_secs
     }),
     ("SMS_DISPATCH_REDIS_PREFIX", |r| &mut r.redis_prefix),
+    ("SMS_DISPATCH_LIMIT_PER_NUMBER", |r| &mut r.limit_per_number),
+    ("SMS_DISPATCH_LIMIT_PER_IP", |r| &mut r.limit_per_ip),
+    ("SMS_DISPATCH_COUNTRIES_ALLOW", |r| &mut r.countries_allow),
+    ("SMS_DISPATCH_COUNTRIES_DENY", |r| &mut r.countries_deny),
+    ("SMS_DISPATCH_COUNTRY_BUDGET_PER_HOUR", |r| {
+        &mut r.country_budget_per_hour
+    }),
 ];
 
 /// Secret variables and the field each one overrides.

@@ -30,6 +30,7 @@ use raw::{Raw, Sourced};
 use crate::amqp::{BrokerSettings, DEFAULT_AMQP_URL, QueueType};
 use crate::fleet::RedisSettings;
 use crate::job::TemplateType;
+use crate::limits::{CountryRule, LimitRules, Window};
 use crate::observe::telemetry::LogFormat;
 use crate::phone::PhoneNumber;
 use crate::retry::RetryPolicy;
@@ -64,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) log_format: Option<LogFormat>,
     /// The fleet's shared state, when `SMS_DISPATCH_REDIS_URL` is set.
     pub(crate) redis: Option<RedisSettings>,
+    /// The abuse limits.
+    pub(crate) limits: LimitRules,
     /// `None` when no Twilio credentials are configured at all.
     pub(crate) twilio: Option<TwilioSettings>,
     pub(crate) templates: Templates,
@@ -188,6 +191,7 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
     let err = |field: &str, problem: &str, fix: &str| ConfigError::new(source, field, problem, fix);
 
     let twilio = build_twilio(source, &raw)?;
+    let limits = build_limits(source, &raw)?;
 
     let url_key = key_of(&raw.amqp_url, "SMS_DISPATCH_AMQP_URL");
     let urls_text = raw
@@ -358,9 +362,104 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
             .filter(|t| !t.expose_secret().is_empty()),
         log_format,
         redis,
+        limits,
         twilio,
         templates,
     })
+}
+
+/// The abuse limits: the defaults, with what the file and the environment
+/// change. `off` turns a list of windows (or the budget) off.
+fn build_limits(source: &str, raw: &Raw) -> Result<LimitRules, ConfigError> {
+    let mut rules = LimitRules::default();
+    let windows = |value: &Option<Sourced<String>>| -> Result<Option<Vec<Window>>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        if value.value.trim() == "off" {
+            return Ok(Some(Vec::new()));
+        }
+        value
+            .value
+            .split(',')
+            .map(|w| {
+                Window::parse(w).ok_or_else(|| {
+                    ConfigError::new(
+                        source,
+                        value.key,
+                        format!("`{}` is not a limit", w.trim()),
+                        "write each limit as COUNT/PERIOD (5/10m, 10/1d, 100/1h), comma-separated, or `off`",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    if let Some(w) = windows(&raw.limit_per_number)? {
+        rules.per_number = w;
+    }
+    if let Some(w) = windows(&raw.limit_per_ip)? {
+        rules.per_ip = w;
+    }
+    let regions =
+        |value: &Sourced<String>| -> Result<std::collections::BTreeSet<String>, ConfigError> {
+            value
+                .value
+                .split(',')
+                .map(|r| r.trim().to_ascii_uppercase())
+                .filter(|r| !r.is_empty() && r != "OFF")
+                .map(|r| {
+                    if r.len() == 2 && r.bytes().all(|b| b.is_ascii_uppercase()) {
+                        Ok(r)
+                    } else {
+                        Err(ConfigError::new(
+                            source,
+                            value.key,
+                            format!("`{r}` is not an ISO 3166 region code"),
+                            "use two-letter codes such as JP, US, GB, comma-separated",
+                        ))
+                    }
+                })
+                .collect()
+        };
+    rules.countries = match (&raw.countries_allow, &raw.countries_deny) {
+        (Some(_), Some(deny)) => {
+            return Err(ConfigError::new(
+                source,
+                deny.key,
+                "an allow list and a deny list cannot both be set",
+                "keep one: the allow list (only these countries) or the deny list (all but these)",
+            ));
+        }
+        (Some(allow), None) => {
+            let set = regions(allow)?;
+            if set.is_empty() {
+                CountryRule::Any
+            } else {
+                CountryRule::Allow(set)
+            }
+        }
+        (None, Some(deny)) => {
+            let set = regions(deny)?;
+            if set.is_empty() {
+                CountryRule::Any
+            } else {
+                CountryRule::Deny(set)
+            }
+        }
+        (None, None) => CountryRule::Any,
+    };
+    if let Some(budget) = &raw.country_budget_per_hour {
+        rules.country_budget_per_hour = if budget.value.trim() == "off" {
+            None
+        } else {
+            Some(number(
+                source,
+                Some(budget.clone()),
+                0,
+                1..=u64::from(u32::MAX),
+            )?)
+        };
+    }
+    Ok(rules)
 }
 
 fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, ConfigError> {

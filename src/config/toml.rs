@@ -26,7 +26,19 @@ struct TomlFile {
     #[serde(default)]
     redis: TomlRedis,
     #[serde(default)]
+    limits: TomlLimits,
+    #[serde(default)]
     templates: Vec<TomlTemplate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlLimits {
+    per_number: Option<Vec<String>>,
+    per_ip: Option<Vec<String>>,
+    countries_allow: Option<Vec<String>>,
+    countries_deny: Option<Vec<String>>,
+    country_budget_per_hour: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +109,18 @@ struct TomlTemplate {
     content: String,
 }
 
+/// A TOML list as the environment writes it: comma-separated, `off` when
+/// empty.
+fn listed(items: Option<Vec<String>>) -> Option<String> {
+    items.map(|items| {
+        if items.is_empty() {
+            "off".to_owned()
+        } else {
+            items.join(",")
+        }
+    })
+}
+
 /// Reads the TOML text of the file `source`. Numbers are range-checked later,
 /// against the key they were written under.
 pub(crate) fn read(source: &str, text: &str) -> Result<Raw, ConfigError> {
@@ -152,6 +176,17 @@ pub(crate) fn read(source: &str, text: &str) -> Result<Raw, ConfigError> {
         shutdown_grace_secs: sourced("shutdown.grace_secs", text(file.shutdown.grace_secs)),
         redis_url: sourced("redis.url", file.redis.url),
         redis_prefix: sourced("redis.prefix", file.redis.prefix),
+        limit_per_number: sourced("limits.per_number", listed(file.limits.per_number)),
+        limit_per_ip: sourced("limits.per_ip", listed(file.limits.per_ip)),
+        countries_allow: sourced(
+            "limits.countries_allow",
+            listed(file.limits.countries_allow),
+        ),
+        countries_deny: sourced("limits.countries_deny", listed(file.limits.countries_deny)),
+        country_budget_per_hour: sourced(
+            "limits.country_budget_per_hour",
+            text(file.limits.country_budget_per_hour),
+        ),
         templates: RawTemplate::numbered(
             file.templates
                 .into_iter()

@@ -13,4 +13,4 @@
 
 mod redis_store;
 
-pub(crate) use redis_store::{LeaseCheck, RedisSettings, RedisStore};
+pub(crate) use redis_store::{LeaseCheck, Quota, RedisSettings, RedisStore};

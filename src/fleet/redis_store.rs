@@ -92,6 +92,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// Takes quotas only when every one of them has room: all or nothing.
+/// KEYS: counters. ARGV: for each key, limit, ttl ms, cost.
+/// Returns 0 when taken, else the 1-based index of the first full one.
+const TAKE_QUOTAS: &str = r#"
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  local limit = tonumber(ARGV[base + 1])
+  local cost = tonumber(ARGV[base + 3])
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used + cost > limit then return i end
+end
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  local after = redis.call('INCRBY', key, ARGV[base + 3])
+  if after == tonumber(ARGV[base + 3]) then redis.call('PEXPIRE', key, ARGV[base + 2]) end
+end
+return 0
+"#;
+
+/// One counter of a quota: at most `limit` in all, this use costs `cost`,
+/// and the counter lives `ttl` from its first use.
+#[derive(Debug, Clone)]
+pub(crate) struct Quota {
+    /// The counter's key, without the fleet's prefix.
+    pub(crate) key: String,
+    pub(crate) limit: u64,
+    pub(crate) cost: u64,
+    pub(crate) ttl: Duration,
+}
+
 /// What Redis says about an id right before a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LeaseCheck {
@@ -134,6 +164,7 @@ pub(crate) struct RedisStore {
     record_sent: Arc<redis::Script>,
     release: Arc<redis::Script>,
     renew: Arc<redis::Script>,
+    take_quotas: Arc<redis::Script>,
 }
 
 impl RedisStore {
@@ -157,6 +188,7 @@ impl RedisStore {
             record_sent: Arc::new(redis::Script::new(RECORD_SENT)),
             release: Arc::new(redis::Script::new(RELEASE)),
             renew: Arc::new(redis::Script::new(RENEW)),
+            take_quotas: Arc::new(redis::Script::new(TAKE_QUOTAS)),
         };
         let slot = Arc::clone(&store.connection);
         let shown = settings.url_for_logs();
@@ -302,6 +334,23 @@ impl RedisStore {
             .arg(lease.map_or("", |l| l.token.as_str()));
         let result: Result<i64, String> = self.run(invocation).await;
         self.answered(result);
+    }
+
+    /// Takes every quota in `quotas` if all have room. `Some(None)`: taken;
+    /// `Some(Some(i))`: `quotas[i]` is full and nothing was taken; `None`:
+    /// Redis did not answer.
+    pub(crate) async fn take_quotas(&self, quotas: &[Quota]) -> Option<Option<usize>> {
+        let mut invocation = self.take_quotas.prepare_invoke();
+        for quota in quotas {
+            invocation
+                .key(format!("{}{}", self.prefix, quota.key))
+                .arg(quota.limit)
+                .arg(millis(quota.ttl))
+                .arg(quota.cost);
+        }
+        let result: Result<i64, String> = self.run(invocation).await;
+        self.answered(result)
+            .map(|full| usize::try_from(full).ok().filter(|&i| i > 0).map(|i| i - 1))
     }
 
     /// Makes `lease` live `lease_for` from now (after a reconciliation,

@@ -26,9 +26,13 @@ use tracing::{info, warn};
 use super::health::Health;
 use super::metrics::Metrics;
 use crate::amqp::SharedPublisher;
-use crate::amqp::headers::{self, HEADER_TRACEPARENT};
+use crate::amqp::headers::{self, HEADER_ADMITTED, HEADER_TRACEPARENT};
+use crate::encoding;
 use crate::job::{Envelope, Job, JobId};
+use crate::limits::Limiter;
 use crate::shutdown::Shutdown;
+use crate::templates::Templates;
+use std::sync::Arc;
 
 #[derive(Clone)]
 struct AppState {
@@ -45,6 +49,11 @@ pub(crate) struct Ingest {
     pub publisher: SharedPublisher,
     /// The life of a job without `expires_at`.
     pub default_ttl: Duration,
+    /// The abuse limits (shared with the worker).
+    pub limiter: Arc<Limiter>,
+    /// The templates, to count what a job will cost against the country
+    /// budget.
+    pub templates: Templates,
 }
 
 /// How long the ingest waits for the broker's confirm before answering 503:
@@ -177,7 +186,27 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
             "not connected to the broker".to_owned(),
         );
     };
+    // Abuse limits: refused here, nothing is published, and the caller can
+    // tell the user. An admitted job is marked so the worker does not count
+    // it twice.
+    let segments = ingest
+        .templates
+        .select(job.kind, job.payload.locale())
+        .map_or(1, |t| {
+            encoding::segments(&t.render(&job.payload)).count as u64
+        });
+    if let Err(refusal) = ingest.limiter.admit(&job.to, job.ip(), segments).await {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({
+                "error": "too many verification codes were requested; try again later",
+                "rule": refusal.rule,
+            })),
+        )
+            .into_response();
+    }
     let mut job_headers = FieldTable::default();
+    headers::set_i64(&mut job_headers, HEADER_ADMITTED, 1);
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         headers::set_str(&mut job_headers, HEADER_TRACEPARENT, traceparent);
     }

@@ -58,6 +58,12 @@ pub(crate) struct ResultLabel {
     pub(crate) result: &'static str,
 }
 
+/// `{rule}`: the abuse limit that refused a job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RuleLabel {
+    pub(crate) rule: &'static str,
+}
+
 /// `{store}`: where a duplicate was recognised, `memory` or `redis`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StoreLabel {
@@ -87,6 +93,7 @@ pub(crate) struct Metrics {
     pub(crate) duplicates_suppressed: Family<StoreLabel, Counter>,
     pub(crate) redis_connected: Gauge,
     pub(crate) reconciled: Family<ResultLabel, Counter>,
+    pub(crate) blocked: Family<RuleLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -121,6 +128,7 @@ impl Metrics {
         let duplicates_suppressed = Family::<StoreLabel, Counter>::default();
         let redis_connected = Gauge::default();
         let reconciled = Family::<ResultLabel, Counter>::default();
+        let blocked = Family::<RuleLabel, Counter>::default();
 
         registry.register(
             "sms_jobs_received",
@@ -192,6 +200,11 @@ impl Metrics {
             "Ambiguous attempts settled against Twilio's message list, by result (found: sent already, acked without a send; not_found: sent now; failed: the list could not be read, sent now)",
             reconciled.clone(),
         );
+        registry.register(
+            "sms_blocked",
+            "Jobs an abuse limit refused (never sent), by rule: per_number, per_ip, country, country_budget",
+            blocked.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -223,6 +236,9 @@ impl Metrics {
         for encoding in ["gsm7", "ucs2"] {
             let _ = segments.get_or_create(&EncodingLabel { encoding });
         }
+        for rule in ["per_number", "per_ip", "country", "country_budget"] {
+            let _ = blocked.get_or_create(&RuleLabel { rule });
+        }
         for result in ["found", "not_found", "failed"] {
             let _ = reconciled.get_or_create(&ResultLabel { result });
         }
@@ -252,7 +268,13 @@ impl Metrics {
             duplicates_suppressed,
             redis_connected,
             reconciled,
+            blocked,
         }
+    }
+
+    /// Counts a job an abuse limit refused.
+    pub(crate) fn blocked(&self, rule: &'static str) {
+        self.blocked.get_or_create(&RuleLabel { rule }).inc();
     }
 
     /// Counts a reconciliation by its result.

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use super::{Finished, Gateway, Handling, Worker, WorkerSettings};
 use crate::amqp::{self, Publisher, SharedPublisher, topology};
 use crate::fleet::RedisStore;
+use crate::limits::Limiter;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -66,6 +67,8 @@ pub(crate) struct RunOptions {
     pub(crate) publisher: SharedPublisher,
     /// The fleet's record of sends, when Redis is configured.
     pub(crate) fleet: Option<RedisStore>,
+    /// The abuse limits (shared with the ingest).
+    pub(crate) limiter: Arc<Limiter>,
 }
 
 /// The worker's connections to the broker and what hangs off them: one that
@@ -109,6 +112,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         shutdown,
         publisher: shared,
         fleet,
+        limiter,
     } = options;
     let broker = settings.broker.clone();
     let grace = settings.shutdown_grace;
@@ -123,6 +127,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         metrics,
         health.clone(),
         fleet,
+        limiter,
     ));
     info!(
         queue = topology::QUEUE,

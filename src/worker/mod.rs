@@ -29,6 +29,7 @@ use crate::amqp::{BrokerSettings, Received, SharedPublisher};
 use crate::encoding;
 use crate::fleet::RedisStore;
 use crate::job::Job;
+use crate::limits::Limiter;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
@@ -40,6 +41,7 @@ use in_flight::InFlight;
 use pause::Pause;
 use recent::RecentlySent;
 use send::{Next, SendResult, Store};
+use std::sync::Arc;
 use throttle::Throttle;
 
 /// What the worker needs besides its connections; assembled by
@@ -129,6 +131,8 @@ pub(crate) struct Worker {
     fleet: Option<RedisStore>,
     /// Twilio list calls (reconciliation) this worker may make at once.
     list_calls: tokio::sync::Semaphore,
+    /// The abuse limits (shared with the ingest).
+    limiter: Arc<Limiter>,
 }
 
 impl Worker {
@@ -140,6 +144,7 @@ impl Worker {
         metrics: Metrics,
         health: Health,
         fleet: Option<RedisStore>,
+        limiter: Arc<Limiter>,
     ) -> Worker {
         let prefetch = usize::from(settings.broker.prefetch);
         Worker {
@@ -156,6 +161,7 @@ impl Worker {
             in_flight: InFlight::default(),
             fleet,
             list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
+            limiter,
         }
     }
 
@@ -279,7 +285,16 @@ impl Worker {
         };
         let body = template.render(&job.payload);
 
-        // 4. Send, retrying transient failures for as long as the budget and
+        // 4. Abuse limits, before the first attempt only: a retry was
+        //    admitted already, and so was a job the ingest checked.
+        if received.attempts == 0 && !received.admitted {
+            let segments = encoding::segments(&body).count as u64;
+            if let Err(refusal) = self.limiter.admit(&job.to, job.ip(), segments).await {
+                return self.block(&delivery, refusal, &received).await;
+            }
+        }
+
+        // 5. Send, retrying transient failures for as long as the budget and
         //    the code's life allow.
         let result = match &self.gateway {
             Gateway::DryRun => {
@@ -299,7 +314,7 @@ impl Worker {
             }
         };
 
-        // 5. Ack, park, dead-letter or put back.
+        // 6. Ack, park, dead-letter or put back.
         match result {
             SendResult::Sent(accepted, attempts) => {
                 if job.id_is_distinct {

@@ -13,12 +13,13 @@ use tracing::{error, info, warn};
 
 use super::send::RetryIn;
 use super::{Finished, Worker};
-use crate::amqp::dead_letter::DeadLetter;
+use crate::amqp::dead_letter::{DeadLetter, Reason};
 use crate::amqp::headers::{
     self, HEADER_AMBIGUOUS_SINCE, HEADER_ATTEMPTS, HEADER_DELIVERY_COUNT, HEADER_FIRST_SEEN,
 };
 use crate::amqp::{CONFIRM_TIMEOUT, PublishError, Received, topology};
 use crate::job::Job;
+use crate::limits::Refusal;
 use crate::retry::DELAY_TIERS;
 use crate::twilio::SendError;
 
@@ -133,6 +134,32 @@ impl Worker {
             return left;
         }
         self.ack(delivery, Finished::Requeued).await
+    }
+
+    /// Moves a job an abuse limit refused to `sms.blocked` (reason
+    /// `blocked`, `x-sms-error` naming the rule, never the number or IP),
+    /// waits for the confirm, then acks.
+    pub(super) async fn block(
+        &self,
+        delivery: &Delivery,
+        refusal: Refusal,
+        received: &Received,
+    ) -> Finished {
+        let letter = DeadLetter::new(Reason::Blocked, refusal.rule, received);
+        let properties = letter.properties(&delivery.properties);
+        if let Err(left) = self
+            .publish_until_safe(delivery, "", topology::BLOCKED_QUEUE, properties)
+            .await
+        {
+            return left;
+        }
+        warn!(
+            outcome = "blocked",
+            rule = refusal.rule,
+            "refused by an abuse limit; moved to sms.blocked, not sent"
+        );
+        self.ack(delivery, Finished::DeadLettered(Reason::Blocked))
+            .await
     }
 
     /// Publishes the dead letter, waits for the confirm, then acks.

@@ -10,6 +10,7 @@ mod dlq;
 mod fake_twilio;
 mod fleet;
 mod ingest;
+mod limits;
 mod observability;
 mod reconcile;
 mod support;

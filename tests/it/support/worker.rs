@@ -67,6 +67,11 @@ impl WorkerProcess {
             .env("SMS_DISPATCH_PREFETCH", options.prefetch.to_string())
             .env("SMS_DISPATCH_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            // Abuse limits off unless a test is about them (it sets its own):
+            // other tests send thousands of codes to one country.
+            .env("SMS_DISPATCH_LIMIT_PER_NUMBER", "off")
+            .env("SMS_DISPATCH_LIMIT_PER_IP", "off")
+            .env("SMS_DISPATCH_COUNTRY_BUDGET_PER_HOUR", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(twilio) = options.twilio {
@@ -147,9 +152,12 @@ impl WorkerProcess {
             if found.is_none()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                // Read before the panic: a panic while the lock is held would
+                // poison it, and the handle's drop, which reads the lines
+                // again, would then abort the whole test binary.
+                let output = lines.lock().unwrap().join("\n");
                 panic!(
-                    "the worker exited ({status}) while waiting for {what}; its output:\n{}",
-                    lines.lock().unwrap().join("\n")
+                    "the worker exited ({status}) while waiting for {what}; its output:\n{output}"
                 );
             }
             std::future::ready(found)
