@@ -29,7 +29,9 @@
 //! | `amqp/` | the connection, the topology, the job's headers, dead letters, confirmed publishing |
 //! | `worker/` | the job's life, sending, settlement, the consumer loop, throttle, pause, recent ids |
 //! | `fleet/` | what the workers share through Redis: sent records and in-flight leases |
-//! | `observe/` | metrics, health, logs and traces, the HTTP listener |
+//! | `observe/` | metrics, health, logs and traces |
+//! | `limits/` | abuse limits: rules, regions, the limiter |
+//! | `http.rs` | the one HTTP listener: `/metrics`, `/healthz`, `/readyz`, the Logto ingest |
 //! | `config/` | reading TOML, Logto's JSON and the environment; assembling the settings |
 //! | `cli/` | one file per command |
 //!
@@ -43,6 +45,7 @@ mod cli;
 mod config;
 mod encoding;
 mod fleet;
+mod http;
 mod job;
 mod limits;
 mod observe;

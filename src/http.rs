@@ -23,13 +23,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use super::health::Health;
-use super::metrics::Metrics;
 use crate::amqp::SharedPublisher;
 use crate::amqp::headers::{self, HEADER_ADMITTED, HEADER_TRACEPARENT};
 use crate::encoding;
 use crate::job::{Envelope, Job, JobId};
 use crate::limits::Limiter;
+use crate::observe::health::Health;
+use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::templates::Templates;
 use std::sync::Arc;
