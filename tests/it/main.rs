@@ -2,6 +2,7 @@
 //! binary and commands against the real RabbitMQ and a fake Twilio, one
 //! module per contract, with the helpers they share in `support`.
 
+mod architecture;
 mod broker_faults;
 mod broker_restart;
 mod cli;
