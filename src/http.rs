@@ -212,7 +212,7 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
     }
     let published = tokio::time::timeout(
         INGEST_CONFIRM_TIMEOUT,
-        publisher.publish_job(id.as_str(), &body, job_headers),
+        publisher.publish_job_from("ingest", id.as_str(), &body, job_headers),
     )
     .await;
     match published {

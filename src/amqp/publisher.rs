@@ -67,8 +67,40 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_with(exchange, routing_key, body, properties, true)
+            .await
+    }
+
+    /// Publishes an outcome event and waits for the broker's confirm. Not
+    /// mandatory: an event nobody has bound a queue for is not an error.
+    pub(crate) async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.publish_with(
+            topology::EVENTS_EXCHANGE,
+            routing_key,
+            body,
+            properties,
+            false,
+        )
+        .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..BasicPublishOptions::default()
         };
         let confirm = async {
@@ -108,16 +140,41 @@ impl Publisher {
         body: &[u8],
         headers: FieldTable,
     ) -> Result<(), PublishError> {
-        let now = crate::job::unix_seconds(std::time::SystemTime::now());
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(id.into())
-            .with_timestamp(now)
-            .with_headers(headers);
+        self.publish(
+            topology::EXCHANGE,
+            topology::ROUTING_KEY,
+            body,
+            job_properties(id, headers),
+        )
+        .await
+    }
+
+    /// [`Publisher::publish_job`] for a source that names itself in the
+    /// AMQP `app_id` (outcome events are routed by it): `ingest` for
+    /// `POST /v1/send`.
+    pub(crate) async fn publish_job_from(
+        &self,
+        source: &str,
+        id: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let properties = job_properties(id, headers).with_app_id(source.into());
         self.publish(topology::EXCHANGE, topology::ROUTING_KEY, body, properties)
             .await
     }
+}
+
+/// A new job's properties: persistent JSON, its id as the message id, the
+/// publish time as its timestamp.
+fn job_properties(id: &str, headers: FieldTable) -> BasicProperties {
+    let now = crate::job::unix_seconds(std::time::SystemTime::now());
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_timestamp(now)
+        .with_headers(headers)
 }
 
 /// The worker's publishing side, shared by everything that publishes in the

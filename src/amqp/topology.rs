@@ -33,6 +33,9 @@ pub(crate) const QUEUE: &str = "sms.send";
 pub(crate) const DEAD_LETTER_EXCHANGE: &str = "sms.dlx";
 /// Operators read dead letters from here.
 pub(crate) const DEAD_LETTER_QUEUE: &str = "sms.dead";
+/// Outcome events for the services that publish jobs (topic, durable):
+/// `<source>.sent`, `<source>.dead_lettered.<reason>`.
+pub(crate) const EVENTS_EXCHANGE: &str = "sms.events";
 /// Jobs an abuse limit refused: a queue of their own, so a pumping wave
 /// never pushes real dead letters out.
 pub(crate) const BLOCKED_QUEUE: &str = "sms.blocked";
@@ -80,6 +83,15 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
         .exchange_declare(
             DEAD_LETTER_EXCHANGE.into(),
             ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
             durable_exchange,
             FieldTable::default(),
         )

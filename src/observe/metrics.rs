@@ -58,6 +58,13 @@ pub(crate) struct ResultLabel {
     pub(crate) result: &'static str,
 }
 
+/// `{outcome}` of an outcome event: `sent`, `dead_lettered`, or `failed`
+/// (it could not be published).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
 /// `{rule}`: the abuse limit that refused a job.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RuleLabel {
@@ -94,6 +101,7 @@ pub(crate) struct Metrics {
     pub(crate) redis_connected: Gauge,
     pub(crate) reconciled: Family<ResultLabel, Counter>,
     pub(crate) blocked: Family<RuleLabel, Counter>,
+    pub(crate) events_published: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +137,7 @@ impl Metrics {
         let redis_connected = Gauge::default();
         let reconciled = Family::<ResultLabel, Counter>::default();
         let blocked = Family::<RuleLabel, Counter>::default();
+        let events_published = Family::<OutcomeLabel, Counter>::default();
 
         registry.register(
             "sms_jobs_received",
@@ -205,6 +214,11 @@ impl Metrics {
             "Jobs an abuse limit refused (never sent), by rule: per_number, per_ip, country, country_budget",
             blocked.clone(),
         );
+        registry.register(
+            "sms_events_published",
+            "Outcome events published to sms.events, by outcome (sent, dead_lettered); failed: an event that could not be published (it is lost; the job's outcome stands)",
+            events_published.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -235,6 +249,9 @@ impl Metrics {
         }
         for encoding in ["gsm7", "ucs2"] {
             let _ = segments.get_or_create(&EncodingLabel { encoding });
+        }
+        for outcome in ["sent", "dead_lettered", "failed"] {
+            let _ = events_published.get_or_create(&OutcomeLabel { outcome });
         }
         for rule in ["per_number", "per_ip", "country", "country_budget"] {
             let _ = blocked.get_or_create(&RuleLabel { rule });
@@ -269,7 +286,15 @@ impl Metrics {
             redis_connected,
             reconciled,
             blocked,
+            events_published,
         }
+    }
+
+    /// Counts an outcome event, published or (`failed`) not.
+    pub(crate) fn event_published(&self, outcome: &'static str) {
+        self.events_published
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts a job an abuse limit refused.

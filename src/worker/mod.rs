@@ -10,6 +10,7 @@
 //! remembers what this process sent.
 
 pub(crate) mod consumer;
+mod events;
 mod in_flight;
 pub(crate) mod pause;
 mod recent;
@@ -216,7 +217,10 @@ impl Worker {
                 let span = info_span!("job", attempt = received.attempts + 1);
                 let error = invalid.to_string();
                 let letter = DeadLetter::new(Reason::InvalidJob, &error, &received);
-                return self.dead_letter(&delivery, letter).instrument(span).await;
+                return self
+                    .dead_letter(&delivery, letter, None)
+                    .instrument(span)
+                    .await;
             }
         };
         let trace = received.trace.clone().or_else(|| {
@@ -270,7 +274,7 @@ impl Worker {
                 "expired before it could be sent",
                 &received,
             );
-            return self.dead_letter(&delivery, letter).await;
+            return self.dead_letter(&delivery, letter, Some(&job)).await;
         }
 
         // 3. Choose the template.
@@ -281,7 +285,7 @@ impl Worker {
         else {
             let error = no_template_error(&job);
             let letter = DeadLetter::new(Reason::NoTemplate, &error, &received);
-            return self.dead_letter(&delivery, letter).await;
+            return self.dead_letter(&delivery, letter, Some(&job)).await;
         };
         let body = template.render(&job.payload);
 
@@ -290,7 +294,7 @@ impl Worker {
         if received.attempts == 0 && !received.admitted {
             let segments = encoding::segments(&body).count as u64;
             if let Err(refusal) = self.limiter.admit(&job.to, job.ip(), segments).await {
-                return self.block(&delivery, refusal, &received).await;
+                return self.block(&delivery, refusal, &received, &job).await;
             }
         }
 
@@ -342,7 +346,14 @@ impl Worker {
                     age_ms = age.map(|a| a.as_millis() as u64),
                     "sent"
                 );
-                self.ack(&delivery, Finished::Sent).await
+                let finished = self.ack(&delivery, Finished::Sent).await;
+                if finished == Finished::Sent {
+                    let outcome = events::Outcome::Sent {
+                        message_sid: &accepted.sid,
+                    };
+                    self.emit(&delivery, &job, attempts, outcome);
+                }
+                finished
             }
             SendResult::Expired(attempts) => {
                 let letter = DeadLetter {
@@ -353,7 +364,7 @@ impl Worker {
                         &received,
                     )
                 };
-                self.dead_letter(&delivery, letter).await
+                self.dead_letter(&delivery, letter, Some(&job)).await
             }
             SendResult::Paused => self.put_back(&delivery, &job, &received).await,
             SendResult::Duplicate(store) => {
@@ -386,7 +397,12 @@ impl Worker {
                     outcome = "reconciled",
                     attempts, "an earlier attempt had created the message; acking without sending"
                 );
-                self.ack(&delivery, Finished::Sent).await
+                let finished = self.ack(&delivery, Finished::Sent).await;
+                if finished == Finished::Sent {
+                    let outcome = events::Outcome::Sent { message_sid: &sid };
+                    self.emit(&delivery, &job, attempts, outcome);
+                }
+                finished
             }
             SendResult::Abandoned => {
                 warn!(
@@ -407,7 +423,7 @@ impl Worker {
                         twilio_code: error.twilio_code(),
                         ..DeadLetter::new(reason, &text, &received)
                     };
-                    self.dead_letter(&delivery, letter).await
+                    self.dead_letter(&delivery, letter, Some(&job)).await
                 }
                 Next::Park { delay, tier } => {
                     let retry = settle::Retry {

@@ -11,6 +11,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tracing::{error, info, warn};
 
+use super::events::Outcome;
 use super::send::RetryIn;
 use super::{Finished, Worker};
 use crate::amqp::dead_letter::{DeadLetter, Reason};
@@ -144,8 +145,10 @@ impl Worker {
         delivery: &Delivery,
         refusal: Refusal,
         received: &Received,
+        job: &Job,
     ) -> Finished {
         let letter = DeadLetter::new(Reason::Blocked, refusal.rule, received);
+        let attempts = letter.attempts;
         let properties = letter.properties(&delivery.properties);
         if let Err(left) = self
             .publish_until_safe(delivery, "", topology::BLOCKED_QUEUE, properties)
@@ -158,15 +161,26 @@ impl Worker {
             rule = refusal.rule,
             "refused by an abuse limit; moved to sms.blocked, not sent"
         );
-        self.ack(delivery, Finished::DeadLettered(Reason::Blocked))
-            .await
+        let finished = self
+            .ack(delivery, Finished::DeadLettered(Reason::Blocked))
+            .await;
+        if matches!(finished, Finished::DeadLettered(_)) {
+            let outcome = Outcome::DeadLettered {
+                reason: Reason::Blocked,
+                twilio_code: None,
+            };
+            self.emit(delivery, job, attempts, outcome);
+        }
+        finished
     }
 
-    /// Publishes the dead letter, waits for the confirm, then acks.
+    /// Publishes the dead letter, waits for the confirm, then acks, and
+    /// tells the job's source (when the job could be decoded).
     pub(super) async fn dead_letter(
         &self,
         delivery: &Delivery,
         letter: DeadLetter<'_>,
+        job: Option<&Job>,
     ) -> Finished {
         let properties = letter.properties(&delivery.properties);
         if let Err(left) = self
@@ -189,8 +203,19 @@ impl Worker {
             twilio_code = letter.twilio_code,
             "dead-lettered"
         );
-        self.ack(delivery, Finished::DeadLettered(letter.reason))
-            .await
+        let finished = self
+            .ack(delivery, Finished::DeadLettered(letter.reason))
+            .await;
+        if let Some(job) = job
+            && matches!(finished, Finished::DeadLettered(_))
+        {
+            let outcome = Outcome::DeadLettered {
+                reason: letter.reason,
+                twilio_code: letter.twilio_code,
+            };
+            self.emit(delivery, job, letter.attempts, outcome);
+        }
+        finished
     }
 
     /// Publishes the job to its delay queue with the attempt count, waits for

@@ -8,6 +8,7 @@ mod broker_restart;
 mod cli;
 mod delivery;
 mod dlq;
+mod events;
 mod fake_twilio;
 mod fleet;
 mod ingest;
