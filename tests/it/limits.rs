@@ -129,6 +129,14 @@ async fn a_pumping_wave_is_capped_at_its_budget_and_every_real_sign_in_goes_out(
     .await;
 }
 
+/// Waits until `sms.blocked` holds `n` jobs (without taking them).
+async fn take_blocked_count(channel: &lapin::Channel, n: u32) {
+    eventually(SECS, "the refused jobs in sms.blocked", || async {
+        (ready(channel, "sms.blocked").await >= n).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_share_one_per_number_limit_and_dlq_list_blocked_shows_the_rule() {
     within(120, async {
@@ -152,6 +160,10 @@ async fn two_workers_share_one_per_number_limit_and_dlq_list_blocked_shows_the_r
             )
             .await;
         }
+        // Every job settled: three sent, five blocked (checked before the
+        // queue is called drained, which it also is before the first
+        // delivery).
+        take_blocked_count(&channel, 5).await;
         for worker in [&first, &second] {
             wait_drained(&channel, worker, SECS).await;
         }
