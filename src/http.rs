@@ -23,16 +23,23 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::amqp::SharedPublisher;
 use crate::amqp::headers::{self, HEADER_ADMITTED, HEADER_TRACEPARENT};
+use crate::amqp::{SharedPublisher, source_word};
 use crate::encoding;
+use crate::fleet::RedisStore;
+use crate::job::format_rfc3339;
 use crate::job::{Envelope, Job, JobId};
 use crate::limits::Limiter;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
+use crate::phone::PhoneNumber;
 use crate::shutdown::Shutdown;
 use crate::templates::Templates;
+use crate::twilio::signature;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::Mutex;
+use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
 struct AppState {
@@ -65,7 +72,12 @@ const INGEST_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const INGEST_BODY_LIMIT: usize = 64 * 1024;
 
 /// The routes; `/v1/send` only with `ingest`.
-pub(crate) fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -> Router {
+pub(crate) fn router(
+    metrics: Metrics,
+    health: Health,
+    ingest: Option<Ingest>,
+    callbacks: Option<StatusCallbacks>,
+) -> Router {
     let mut router = Router::new()
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(healthz))
@@ -79,7 +91,150 @@ pub(crate) fn router(metrics: Metrics, health: Health, ingest: Option<Ingest>) -
                 .with_state(ingest),
         );
     }
+    if let Some(callbacks) = callbacks {
+        router = router.merge(
+            Router::new()
+                .route("/v1/twilio/status", post(status_route))
+                .layer(DefaultBodyLimit::max(INGEST_BODY_LIMIT))
+                .with_state(callbacks),
+        );
+    }
     router
+}
+
+/// What `POST /v1/twilio/status` needs.
+#[derive(Clone)]
+pub(crate) struct StatusCallbacks {
+    /// The URL Twilio is given (`{public URL}/v1/twilio/status`): the one it
+    /// signs, never one rebuilt from the Host header (the worker sits
+    /// behind an ingress).
+    pub(crate) url: String,
+    /// The auth token, and the previous one while it is rotated.
+    pub(crate) tokens: Vec<SecretString>,
+    pub(crate) metrics: Metrics,
+    /// For the status events.
+    pub(crate) publisher: SharedPublisher,
+    /// Counts each message's final status once across the fleet.
+    pub(crate) fleet: Option<RedisStore>,
+    /// The same in this process (without Redis, or while it is down).
+    pub(crate) seen: Arc<Mutex<HashSet<String>>>,
+}
+
+/// How long a message's final status is remembered (Twilio retries a
+/// callback for hours at most).
+const STATUS_MEMORY: Duration = Duration::from_secs(2 * 86_400);
+
+/// The most final statuses one process remembers without Redis.
+const STATUS_MEMORY_SIZE: usize = 100_000;
+
+/// `POST /v1/twilio/status`: a message's status, from Twilio. Checked
+/// against `X-Twilio-Signature` (403 otherwise); each final status counted
+/// once per message and told to the job's source as an event; 204.
+async fn status_route(
+    State(callbacks): State<StatusCallbacks>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let url = match uri.query() {
+        Some(query) => format!("{}?{query}", callbacks.url),
+        None => callbacks.url.clone(),
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let presented = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !signature::verify(&callbacks.tokens, &url, &params, presented) {
+        warn!("a status callback with a wrong or missing signature was refused");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let job = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let status = match param("MessageStatus").or(param("SmsStatus")) {
+        Some("delivered") => "delivered",
+        Some("undelivered") => "undelivered",
+        Some("failed") => "failed",
+        // queued, sent, accepted, …: not final; nothing to count.
+        _ => return StatusCode::NO_CONTENT.into_response(),
+    };
+    let Some(sid) = param("MessageSid").or(param("SmsSid")) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    // Twilio may post a final status twice, to any pod: count it once.
+    let key = format!("status:{sid}");
+    let first = match &callbacks.fleet {
+        Some(fleet) => fleet.first_time(&key, STATUS_MEMORY).await,
+        None => None,
+    }
+    .unwrap_or_else(|| {
+        let mut seen = callbacks.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= STATUS_MEMORY_SIZE {
+            seen.clear();
+        }
+        seen.insert(key)
+    });
+    if !first {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let error_code = param("ErrorCode").and_then(|c| c.parse::<u32>().ok());
+    let waited = (status == "delivered")
+        .then(|| job("published").and_then(|p| p.parse::<u64>().ok()))
+        .flatten()
+        .and_then(|ms| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                .ok()
+        });
+    callbacks.metrics.delivery(status, error_code, waited);
+    info!(
+        outcome = status,
+        message_sid = sid,
+        twilio_code = error_code,
+        job_id = job("id"),
+        "delivery status from Twilio"
+    );
+    // Tell the job's source, in the background: Twilio is waiting.
+    let source = job("source").unwrap_or("default").to_owned();
+    let mut event = json!({
+        "id": job("id"),
+        "type": job("type"),
+        "to": param("To").and_then(|t| PhoneNumber::parse(t).ok()).map(|p| p.masked()),
+        "outcome": status,
+        "message_sid": sid,
+        "at": format_rfc3339(SystemTime::now()),
+    });
+    if let Some(code) = error_code {
+        event["twilio_code"] = json!(code);
+    }
+    let publisher = callbacks.publisher.clone();
+    let metrics = callbacks.metrics.clone();
+    tokio::spawn(async move {
+        let key = format!("{}.status.{status}", source_word(Some(&source)));
+        let published = match publisher.get() {
+            Some(p) if publisher.blocked().is_none() => p
+                .publish_event(&key, event.to_string().as_bytes())
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        metrics.event_published(if published { "status" } else { "failed" });
+    });
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (the
@@ -139,10 +294,11 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(
-        presented.as_bytes(),
-        ingest.token.expose_secret().as_bytes(),
-    ) {
+    let matches: bool = presented
+        .as_bytes()
+        .ct_eq(ingest.token.expose_secret().as_bytes())
+        .into();
+    if !matches {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token".to_owned(),
@@ -231,13 +387,4 @@ async fn send_route(State(ingest): State<Ingest>, headers: HeaderMap, body: Byte
             "the broker did not confirm the job in time; try again".to_owned(),
         ),
     }
-}
-
-/// Compares a presented token with the expected one without an early exit
-/// that would time the secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -19,4 +19,4 @@ pub(crate) use connection::{
 };
 pub use publisher::Publisher;
 pub(crate) use publisher::{CONFIRM_TIMEOUT, PublishError, SharedPublisher};
-pub(crate) use received::Received;
+pub(crate) use received::{Received, source_word};

@@ -12,6 +12,26 @@ use super::headers::{
 use crate::job::Envelope;
 use crate::trace_context::TraceParent;
 
+/// The first word of an outcome event's routing key: the job's `app_id`
+/// (`default` without one), made safe for topic routing (dots and spaces
+/// would split it or break a binding pattern).
+pub(crate) fn source_word(app_id: Option<&str>) -> String {
+    let app = app_id
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or("default");
+    app.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
 /// What the broker and earlier workers say about a delivery.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
@@ -33,6 +53,8 @@ pub(crate) struct Received {
     pub(crate) ambiguous_since: Option<SystemTime>,
     /// The ingest admitted it under the abuse limits already.
     pub(crate) admitted: bool,
+    /// The AMQP `app_id`: the service that published the job.
+    pub(crate) app_id: Option<String>,
 }
 
 impl Received {
@@ -53,6 +75,7 @@ impl Received {
             trace: headers::header_str(table, HEADER_TRACEPARENT).and_then(TraceParent::parse),
             ambiguous_since: headers::millis_header(table, HEADER_AMBIGUOUS_SINCE),
             admitted: headers::header_i64(table, HEADER_ADMITTED) == Some(1),
+            app_id: properties.app_id().as_ref().map(|a| a.to_string()),
         }
     }
 
@@ -63,5 +86,18 @@ impl Received {
             published_at: self.published_at,
             first_seen: Some(self.first_seen),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_one_routing_key_word() {
+        assert_eq!(source_word(None), "default");
+        assert_eq!(source_word(Some(" ")), "default");
+        assert_eq!(source_word(Some("ingest")), "ingest");
+        assert_eq!(source_word(Some("billing.eu west")), "billing_eu_west");
     }
 }

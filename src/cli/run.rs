@@ -52,9 +52,23 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
         limiter: Arc::clone(&limiter),
         templates: config.templates.clone(),
     });
+    // Status callbacks, when Twilio can reach this worker (a public URL).
+    let callbacks = config.twilio.as_ref().and_then(|twilio| {
+        twilio
+            .status_callback
+            .clone()
+            .map(|url| http::StatusCallbacks {
+                url,
+                tokens: twilio.callback_tokens.clone(),
+                metrics: metrics.clone(),
+                publisher: publisher.clone(),
+                fleet: fleet.clone(),
+                seen: Default::default(),
+            })
+    });
     let (_, server) = http::serve(
         config.http_addr,
-        http::router(metrics.clone(), health.clone(), ingest),
+        http::router(metrics.clone(), health.clone(), ingest, callbacks),
         shutdown.clone(),
     )
     .await

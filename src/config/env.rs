@@ -27,6 +27,7 @@ const PLAIN: &[(&str, Slot)] = &[
         &mut r.shutdown_grace_secs
     }),
     ("SMS_DISPATCH_REDIS_PREFIX", |r| &mut r.redis_prefix),
+    ("SMS_DISPATCH_PUBLIC_URL", |r| &mut r.public_url),
     ("SMS_DISPATCH_LIMIT_PER_NUMBER", |r| &mut r.limit_per_number),
     ("SMS_DISPATCH_LIMIT_PER_IP", |r| &mut r.limit_per_ip),
     ("SMS_DISPATCH_COUNTRIES_ALLOW", |r| &mut r.countries_allow),
@@ -42,6 +43,7 @@ const SECRET: &[(&str, SecretSlot)] = &[
     ("TWILIO_API_SECRET", |r| &mut r.api_secret),
     ("SMS_DISPATCH_INGEST_TOKEN", |r| &mut r.ingest_token),
     ("SMS_DISPATCH_REDIS_URL", |r| &mut r.redis_url),
+    ("TWILIO_AUTH_TOKEN_PREVIOUS", |r| &mut r.auth_token_previous),
 ];
 
 /// Applies the variables that are set (and not blank); `env` looks one up.

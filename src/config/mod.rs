@@ -577,7 +577,38 @@ fn build_twilio(source: &str, raw: &Raw) -> Result<Option<TwilioSettings>, Confi
             "leave it unset to use https://api.twilio.com",
         ));
     }
+    // Status callbacks: Twilio signs them with the auth token, whatever the
+    // worker sends with, so a public URL needs it.
+    let status_callback = match &raw.public_url {
+        None => None,
+        Some(public) => {
+            let base = public.value.trim_end_matches('/');
+            if !(base.starts_with("https://") || base.starts_with("http://")) || base.contains('?')
+            {
+                return Err(err(
+                    public.key,
+                    "is not an http(s) URL without a query",
+                    "give the base URL at which Twilio reaches this worker's HTTP listener, e.g. https://sms.example.com",
+                ));
+            }
+            if raw.auth_token.is_none() {
+                return Err(err(
+                    "TWILIO_AUTH_TOKEN",
+                    "is needed for status callbacks",
+                    "Twilio signs callbacks with the account's auth token even when sending with an API key: set it too",
+                ));
+            }
+            Some(format!("{base}/v1/twilio/status"))
+        }
+    };
+    let callback_tokens = [&raw.auth_token, &raw.auth_token_previous]
+        .into_iter()
+        .flatten()
+        .map(|t| t.value.clone())
+        .collect();
     Ok(Some(TwilioSettings {
+        status_callback,
+        callback_tokens,
         account_sid: account_sid.value.clone(),
         auth,
         sender,

@@ -72,6 +72,8 @@ pub(crate) struct Raw {
     pub(crate) in_process_wait_ms: Option<Sourced<String>>,
     pub(crate) shutdown_grace_secs: Option<Sourced<String>>,
     pub(crate) redis_url: Option<Sourced<SecretString>>,
+    pub(crate) public_url: Option<Sourced<String>>,
+    pub(crate) auth_token_previous: Option<Sourced<SecretString>>,
     pub(crate) limit_per_number: Option<Sourced<String>>,
     pub(crate) limit_per_ip: Option<Sourced<String>>,
     pub(crate) countries_allow: Option<Sourced<String>>,

@@ -53,6 +53,7 @@ struct TomlRedis {
 struct TomlTwilio {
     account_sid: Option<String>,
     auth_token: Option<SecretString>,
+    auth_token_previous: Option<SecretString>,
     api_key: Option<String>,
     api_secret: Option<SecretString>,
     messaging_service_sid: Option<String>,
@@ -77,6 +78,7 @@ struct TomlAmqp {
 struct TomlHttp {
     addr: Option<String>,
     ingest_token: Option<SecretString>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +177,8 @@ pub(crate) fn read(source: &str, text: &str) -> Result<Raw, ConfigError> {
         ),
         shutdown_grace_secs: sourced("shutdown.grace_secs", text(file.shutdown.grace_secs)),
         redis_url: sourced("redis.url", file.redis.url),
+        public_url: sourced("http.public_url", file.http.public_url),
+        auth_token_previous: sourced("twilio.auth_token_previous", t.auth_token_previous),
         redis_prefix: sourced("redis.prefix", file.redis.prefix),
         limit_per_number: sourced("limits.per_number", listed(file.limits.per_number)),
         limit_per_ip: sourced("limits.per_ip", listed(file.limits.per_ip)),

@@ -353,6 +353,29 @@ impl RedisStore {
             .map(|full| usize::try_from(full).ok().filter(|&i| i > 0).map(|i| i - 1))
     }
 
+    /// Marks `key` (without the prefix) seen for `ttl`: `Some(true)` the
+    /// first time, `Some(false)` after that, `None` when Redis did not
+    /// answer. One `SET NX`.
+    pub(crate) async fn first_time(&self, key: &str, ttl: Duration) -> Option<bool> {
+        let result: Result<Option<String>, String> = match self.connection() {
+            Err(e) => Err(e),
+            Ok(mut connection) => tokio::time::timeout(
+                COMMAND_TIMEOUT * 2,
+                redis::cmd("SET")
+                    .arg(format!("{}{key}", self.prefix))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        };
+        self.answered(result).map(|set| set.is_some())
+    }
+
     /// Makes `lease` live `lease_for` from now (after a reconciliation,
     /// right before the call).
     pub(crate) async fn renew(&self, id: &JobId, lease: &Lease, lease_for: Duration) {

@@ -65,6 +65,15 @@ pub(crate) struct OutcomeLabel {
     pub(crate) outcome: &'static str,
 }
 
+/// `{status, error_code}` of a final delivery status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StatusLabels {
+    /// `delivered`, `undelivered` or `failed`.
+    pub(crate) status: &'static str,
+    /// Twilio's five-digit code (30xxx), or `none`.
+    pub(crate) error_code: String,
+}
+
 /// `{rule}`: the abuse limit that refused a job.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RuleLabel {
@@ -102,6 +111,8 @@ pub(crate) struct Metrics {
     pub(crate) reconciled: Family<ResultLabel, Counter>,
     pub(crate) blocked: Family<RuleLabel, Counter>,
     pub(crate) events_published: Family<OutcomeLabel, Counter>,
+    pub(crate) delivery_status: Family<StatusLabels, Counter>,
+    pub(crate) delivery_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -138,6 +149,12 @@ impl Metrics {
         let reconciled = Family::<ResultLabel, Counter>::default();
         let blocked = Family::<RuleLabel, Counter>::default();
         let events_published = Family::<OutcomeLabel, Counter>::default();
+        let delivery_status = Family::<StatusLabels, Counter>::default();
+        // 1 s to 30 min: a code is useful for a minute or two; carriers
+        // sometimes take far longer.
+        let delivery_seconds = Histogram::new([
+            1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+        ]);
 
         registry.register(
             "sms_jobs_received",
@@ -219,6 +236,16 @@ impl Metrics {
             "Outcome events published to sms.events, by outcome (sent, dead_lettered); failed: an event that could not be published (it is lost; the job's outcome stands)",
             events_published.clone(),
         );
+        registry.register(
+            "sms_delivery_status",
+            "Final delivery statuses Twilio reported (status callbacks), once per message, by status and Twilio error code",
+            delivery_status.clone(),
+        );
+        registry.register(
+            "sms_delivery_seconds",
+            "Time from a job's publication to Twilio reporting it delivered: the wait the user feels",
+            delivery_seconds.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -250,7 +277,13 @@ impl Metrics {
         for encoding in ["gsm7", "ucs2"] {
             let _ = segments.get_or_create(&EncodingLabel { encoding });
         }
-        for outcome in ["sent", "dead_lettered", "failed"] {
+        for status in ["delivered", "undelivered", "failed"] {
+            let _ = delivery_status.get_or_create(&StatusLabels {
+                status,
+                error_code: "none".to_owned(),
+            });
+        }
+        for outcome in ["sent", "dead_lettered", "status", "failed"] {
             let _ = events_published.get_or_create(&OutcomeLabel { outcome });
         }
         for rule in ["per_number", "per_ip", "country", "country_budget"] {
@@ -287,6 +320,29 @@ impl Metrics {
             reconciled,
             blocked,
             events_published,
+            delivery_status,
+            delivery_seconds,
+        }
+    }
+
+    /// Counts a final delivery status (once per message) and, for
+    /// `delivered`, how long the user waited.
+    pub(crate) fn delivery(
+        &self,
+        status: &'static str,
+        error_code: Option<u32>,
+        waited: Option<Duration>,
+    ) {
+        let error_code = match error_code {
+            Some(code) if (10_000..100_000).contains(&code) => code.to_string(),
+            Some(_) => "other".to_owned(),
+            None => "none".to_owned(),
+        };
+        self.delivery_status
+            .get_or_create(&StatusLabels { status, error_code })
+            .inc();
+        if let Some(waited) = waited {
+            self.delivery_seconds.observe(waited.as_secs_f64());
         }
     }
 

@@ -25,6 +25,10 @@ pub(crate) struct Outgoing<'a> {
     /// Seconds left until the code expires; Twilio drops the message if it
     /// cannot be handed to a carrier by then. Clamped to 1–36000.
     pub validity: Duration,
+    /// The query the status callback URL carries (the job's id, type,
+    /// publish time and source): signed by Twilio with the URL, so what the
+    /// callback says about the job needs no lookup and cannot be forged.
+    pub callback_query: &'a str,
 }
 
 /// Twilio accepted the message.
@@ -157,6 +161,7 @@ pub(crate) struct TwilioClient {
     risk_check: Option<bool>,
     request_timeout: Duration,
     base_url: String,
+    status_callback: Option<String>,
 }
 
 impl std::fmt::Debug for TwilioClient {
@@ -199,6 +204,7 @@ impl TwilioClient {
             risk_check: settings.risk_check,
             request_timeout: settings.request_timeout,
             base_url: settings.base_url.clone(),
+            status_callback: settings.status_callback.clone(),
         })
     }
 
@@ -248,6 +254,13 @@ impl TwilioClient {
         ];
         if let Some(enabled) = self.risk_check {
             form.push(("RiskCheck", if enabled { "enable" } else { "disable" }));
+        }
+        let callback = self
+            .status_callback
+            .as_ref()
+            .map(|base| format!("{base}?{}", message.callback_query));
+        if let Some(callback) = &callback {
+            form.push(("StatusCallback", callback));
         }
         let response = self
             .http
@@ -370,6 +383,8 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(800),
             risk_check: None,
+            status_callback: None,
+            callback_tokens: Vec::new(),
         }
     }
 
@@ -381,6 +396,7 @@ mod tests {
                 to: &to,
                 body: "Your code is 123456",
                 validity,
+                callback_query: "",
             })
             .await
     }
@@ -447,6 +463,7 @@ mod tests {
                 to: &to,
                 body: "x",
                 validity: Duration::from_secs(60),
+                callback_query: "",
             })
             .await;
         assert!(out.is_ok());
@@ -557,6 +574,7 @@ mod tests {
                 to: &to,
                 body: "x",
                 validity: Duration::from_secs(60),
+                callback_query: "",
             })
             .await
             .unwrap_err();

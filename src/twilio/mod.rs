@@ -8,6 +8,7 @@ pub(crate) mod classify;
 mod client;
 mod list;
 mod settings;
+pub(crate) mod signature;
 
 pub(crate) use classify::Class;
 pub(crate) use client::{Accepted, Outgoing, SendError, TwilioClient};

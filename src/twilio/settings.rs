@@ -60,4 +60,11 @@ pub(crate) struct TwilioSettings {
     pub request_timeout: Duration,
     /// `Some(false)` sends `RiskCheck=disable` (Logto's `disableRiskCheck`).
     pub risk_check: Option<bool>,
+    /// Where Twilio posts status callbacks (`{public URL}/v1/twilio/status`),
+    /// when a public URL is configured.
+    pub status_callback: Option<String>,
+    /// The tokens a callback's signature may be made with: the account's
+    /// auth token and, while it is rotated, the previous one. Twilio signs
+    /// with the auth token even when the worker sends with an API key.
+    pub callback_tokens: Vec<SecretString>,
 }

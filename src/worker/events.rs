@@ -12,13 +12,13 @@
 
 use std::time::SystemTime;
 
-use lapin::BasicProperties;
 use lapin::message::Delivery;
 use serde_json::{Value, json};
 use tracing::warn;
 
 use super::Worker;
 use crate::amqp::dead_letter::Reason;
+use crate::amqp::source_word;
 use crate::job::{Job, format_rfc3339};
 
 /// What became of a job, as an event says it.
@@ -32,30 +32,9 @@ pub(super) enum Outcome<'a> {
     },
 }
 
-/// The routing key's first word: the job's `app_id`, made safe for topic
-/// routing (dots and spaces would split or break a binding pattern).
-fn source(properties: &BasicProperties) -> String {
-    let app = properties
-        .app_id()
-        .as_ref()
-        .map(|a| a.as_str().trim())
-        .filter(|a| !a.is_empty())
-        .unwrap_or("default");
-    app.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect()
-}
-
 /// The routing key and the body of the event for `outcome`.
 fn event(delivery: &Delivery, job: &Job, attempts: u32, outcome: &Outcome<'_>) -> (String, Value) {
-    let source = source(&delivery.properties);
+    let source = source_word(delivery.properties.app_id().as_ref().map(|a| a.as_str()));
     let mut body = json!({
         "id": job.id.as_str(),
         "type": job.kind.as_str(),
@@ -116,24 +95,5 @@ impl Worker {
                 }
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_is_one_routing_key_word() {
-        let delivery = |app: Option<&str>| match app {
-            Some(app) => BasicProperties::default().with_app_id(app.into()),
-            None => BasicProperties::default(),
-        };
-        assert_eq!(source(&delivery(None)), "default");
-        assert_eq!(source(&delivery(Some("ingest"))), "ingest");
-        assert_eq!(
-            source(&delivery(Some("billing.eu west"))),
-            "billing_eu_west"
-        );
     }
 }

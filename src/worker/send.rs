@@ -11,6 +11,8 @@ use super::reconcile::Reconciled;
 use super::{Handling, Worker};
 use crate::amqp::Received;
 use crate::amqp::dead_letter::Reason;
+use crate::amqp::headers::unix_millis;
+use crate::amqp::source_word;
 use crate::fleet::LeaseCheck;
 use crate::job::Job;
 use crate::retry::RetryDecision;
@@ -99,6 +101,14 @@ impl Worker {
     ) -> SendResult {
         let mut attempts = received.attempts;
         let mut ambiguous_since = received.ambiguous_since;
+        // What the status callback needs to know of the job, in its URL.
+        let published = received.published_at.unwrap_or(received.first_seen);
+        let callback_query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("id", job.id.as_str())
+            .append_pair("type", job.kind.as_str())
+            .append_pair("published", &unix_millis(published).to_string())
+            .append_pair("source", &source_word(received.app_id.as_deref()))
+            .finish();
         loop {
             if let Some(stop) = self.before_attempt(acker, job, attempts, handling) {
                 return stop;
@@ -184,6 +194,7 @@ impl Worker {
                     to: &job.to,
                     body,
                     validity: job.time_left(SystemTime::now()),
+                    callback_query: &callback_query,
                 })
                 .await;
             drop(permit);

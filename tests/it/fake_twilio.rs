@@ -304,16 +304,29 @@ async fn wrong_account_path_or_method_gets_404_20404() {
             .unwrap();
         expect_error(response, 404, 20404).await;
 
+        // GET on the Messages resource is the list (reconciliation reads
+        // it); on another account's path it is not found.
         let response = client
             .get(messages_url(&fake, TEST_ACCOUNT_SID))
             .basic_auth(TEST_ACCOUNT_SID, Some(TEST_AUTH_TOKEN))
             .send()
             .await
             .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let list: Value = response.json().await.unwrap();
+        assert!(list["messages"].is_array(), "{list}");
+        let response = client
+            .get(messages_url(&fake, other_account))
+            .basic_auth(TEST_ACCOUNT_SID, Some(TEST_AUTH_TOKEN))
+            .send()
+            .await
+            .unwrap();
         expect_error(response, 404, 20404).await;
 
+        // The create calls are recorded; list calls are counted apart.
         let requests = fake.requests();
-        assert_eq!(requests.len(), 3);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(fake.list_calls(), 1);
         assert_eq!(requests[0].account_sid, other_account);
         assert!(requests.iter().all(|r| r.twilio_code == Some(20404)));
     })
@@ -976,4 +989,26 @@ async fn a_messaging_service_send_is_accepted_with_zero_segments_and_bare_replie
         assert!(response.bytes().await.unwrap().is_empty());
     })
     .await
+}
+
+#[test]
+fn status_callbacks_are_signed_as_twilios_documentation_says() {
+    let form: Vec<(String, String)> = [
+        ("CallSid", "CA1234567890ABCDE"),
+        ("Caller", "+14158675309"),
+        ("Digits", "1234"),
+        ("From", "+14158675309"),
+        ("To", "+18005551212"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(
+        twilio_signature(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            &form
+        ),
+        "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    );
 }

@@ -14,6 +14,7 @@ mod fleet;
 mod ingest;
 mod limits;
 mod observability;
+mod receipts;
 mod reconcile;
 mod support;
 mod worker;

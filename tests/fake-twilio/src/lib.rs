@@ -335,6 +335,11 @@ struct State {
     list_reply: Option<Reply>,
     /// List calls made.
     list_calls: usize,
+    /// The final status a number's messages get in status callbacks
+    /// (`delivered` unless set), with Twilio's 30xxx code.
+    final_status: HashMap<String, (String, Option<u32>)>,
+    /// How many times the final status is posted (Twilio may repeat one).
+    callback_repeats: usize,
     /// The gate: `None` when open; `Some(n)` when closed after `n` more requests.
     passes: Option<usize>,
 }
@@ -352,6 +357,8 @@ struct Shared {
     open: watch::Sender<bool>,
     /// Woken when a request is recorded or held.
     recorded: Notify,
+    /// Status callback posts made (answered or not).
+    callbacks_posted: Arc<AtomicUsize>,
     /// Random per instance, so sids from two fakes in one process never collide.
     sid_prefix: u64,
 }
@@ -415,6 +422,8 @@ impl FakeTwilio {
                 listing_delay: Duration::ZERO,
                 list_reply: None,
                 list_calls: 0,
+                final_status: HashMap::new(),
+                callback_repeats: 1,
             }),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -422,6 +431,7 @@ impl FakeTwilio {
             held: AtomicUsize::new(0),
             open: watch::Sender::new(true),
             recorded: Notify::new(),
+            callbacks_posted: Arc::new(AtomicUsize::new(0)),
             sid_prefix: fastrand::u64(..),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -448,6 +458,24 @@ impl FakeTwilio {
     /// lists again.
     pub fn set_list_reply(&self, reply: Option<Reply>) {
         lock(&self.shared().state).list_reply = reply;
+    }
+
+    /// The final status that status callbacks report for messages to `to`
+    /// (`delivered`, `undelivered` or `failed`, with Twilio's 30xxx code).
+    pub fn set_final_status(&self, to: &str, status: &str, error_code: Option<u32>) {
+        lock(&self.shared().state)
+            .final_status
+            .insert(to.to_string(), (status.to_string(), error_code));
+    }
+
+    /// Status callback posts made so far.
+    pub fn callbacks_posted(&self) -> usize {
+        self.shared().callbacks_posted.load(Ordering::SeqCst)
+    }
+
+    /// Posts each final status `n` times (Twilio may repeat a callback).
+    pub fn set_callback_repeats(&self, n: usize) {
+        lock(&self.shared().state).callback_repeats = n;
     }
 
     /// List calls made so far.
@@ -865,7 +893,34 @@ fn answer(shared: &Shared, decided: Decided) -> Answer {
             created: SystemTime::now(),
             listed_from,
         });
-        received.sid = Some(sid);
+        received.sid = Some(sid.clone());
+        if let Some(callback) = received.field("StatusCallback").filter(|c| !c.is_empty()) {
+            let (final_status, code) = state
+                .final_status
+                .get(received.to())
+                .cloned()
+                .unwrap_or_else(|| ("delivered".to_string(), None));
+            let token = shared
+                .credentials
+                .iter()
+                .find(|(user, _)| *user == shared.account_sid)
+                .map(|(_, token)| token.clone())
+                .unwrap_or_default();
+            let posts = status_posts(
+                &sid,
+                &shared.account_sid,
+                &received,
+                &final_status,
+                code,
+                state.callback_repeats,
+            );
+            tokio::spawn(post_callbacks(
+                callback.to_string(),
+                token,
+                posts,
+                Arc::clone(&shared.callbacks_posted),
+            ));
+        }
     }
     let (status, content_type, body) = match reply.kind {
         ReplyKind::HangUp => (0, "", String::new()),
@@ -1237,4 +1292,74 @@ fn html_page(status: u16) -> String {
     format!(
         "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
     )
+}
+
+/// The form posts Twilio makes to a status callback: `sent`, then the final
+/// status (`repeats` times).
+fn status_posts(
+    sid: &str,
+    account_sid: &str,
+    received: &Received,
+    final_status: &str,
+    error_code: Option<u32>,
+    repeats: usize,
+) -> Vec<Vec<(String, String)>> {
+    let post = |status: &str, code: Option<u32>| {
+        let mut form = vec![
+            ("AccountSid".to_string(), account_sid.to_string()),
+            ("ApiVersion".to_string(), API_VERSION.to_string()),
+            ("MessageSid".to_string(), sid.to_string()),
+            ("MessageStatus".to_string(), status.to_string()),
+            ("SmsSid".to_string(), sid.to_string()),
+            ("SmsStatus".to_string(), status.to_string()),
+            ("To".to_string(), received.to().to_string()),
+        ];
+        if let Some(from) = received.field("From").filter(|f| !f.is_empty()) {
+            form.push(("From".to_string(), from.to_string()));
+        }
+        if let Some(code) = code {
+            form.push(("ErrorCode".to_string(), code.to_string()));
+        }
+        form
+    };
+    let mut posts = vec![post("sent", None)];
+    for _ in 0..repeats.max(1) {
+        posts.push(post(final_status, error_code));
+    }
+    posts
+}
+
+/// Twilio's `X-Twilio-Signature` for a POST of `form` to `url`.
+pub fn twilio_signature(token: &str, url: &str, form: &[(String, String)]) -> String {
+    use hmac::Mac;
+    let mut sorted: Vec<&(String, String)> = form.iter().collect();
+    sorted.sort();
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Posts each form to `url`, signed like Twilio, one after the other.
+async fn post_callbacks(
+    url: String,
+    token: String,
+    posts: Vec<Vec<(String, String)>>,
+    posted: Arc<AtomicUsize>,
+) {
+    let client = reqwest::Client::new();
+    for form in posts {
+        let signature = twilio_signature(&token, &url, &form);
+        let _ = client
+            .post(&url)
+            .header("X-Twilio-Signature", signature)
+            .form(&form)
+            .send()
+            .await;
+        posted.fetch_add(1, Ordering::SeqCst);
+    }
 }
