@@ -14,4 +14,5 @@ mod region;
 mod rules;
 
 pub(crate) use limiter::{Limiter, Refusal};
+pub(crate) use region::region_of;
 pub(crate) use rules::{CountryRule, LimitRules, Window};

@@ -46,10 +46,12 @@ pub(crate) struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// `{encoding}`: `gsm7` or `ucs2`.
+/// `{encoding, country}`: `gsm7` or `ucs2`, and the destination's ISO 3166
+/// region (or `unknown`): a bounded set, for cost and pumping dashboards.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EncodingLabel {
     pub encoding: &'static str,
+    pub country: String,
 }
 
 /// `{result}` of a reconciliation: `found`, `not_found` or `failed`.
@@ -275,7 +277,10 @@ impl Metrics {
             });
         }
         for encoding in ["gsm7", "ucs2"] {
-            let _ = segments.get_or_create(&EncodingLabel { encoding });
+            let _ = segments.get_or_create(&EncodingLabel {
+                encoding,
+                country: "unknown".to_owned(),
+            });
         }
         for status in ["delivered", "undelivered", "failed"] {
             let _ = delivery_status.get_or_create(&StatusLabels {
@@ -385,6 +390,7 @@ impl Metrics {
         encoding: Encoding,
         segments: u64,
         age: Option<Duration>,
+        country: Option<&str>,
     ) {
         self.sent
             .get_or_create(&TypeLabel {
@@ -395,8 +401,9 @@ impl Metrics {
             Encoding::Gsm7 => "gsm7",
             Encoding::Ucs2 => "ucs2",
         };
+        let country = country.unwrap_or("unknown").to_owned();
         self.segments
-            .get_or_create(&EncodingLabel { encoding })
+            .get_or_create(&EncodingLabel { encoding, country })
             .inc_by(segments);
         if let Some(age) = age {
             self.job_age.observe(age.as_secs_f64());
@@ -598,6 +605,7 @@ mod tests {
             Encoding::Gsm7,
             1,
             Some(Duration::from_millis(300)),
+            Some("JP"),
         );
         m.send_failed("permanent", Some(21211));
         m.dead_lettered("rejected");
@@ -610,7 +618,7 @@ mod tests {
             text.contains("sms_send_failures_total{class=\"permanent\",twilio_code=\"21211\"} 1")
         );
         assert!(text.contains("sms_dead_lettered_total{reason=\"rejected\"} 1"));
-        assert!(text.contains("sms_segments_total{encoding=\"gsm7\"} 1"));
+        assert!(text.contains("sms_segments_total{encoding=\"gsm7\",country=\"JP\"} 1"));
         assert!(text.contains("sms_build_info{version=\""));
         assert!(text.contains("process_resident_memory_bytes"));
         assert!(!text.contains("# EOF"));

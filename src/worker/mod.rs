@@ -30,7 +30,7 @@ use crate::amqp::{BrokerSettings, Received, SharedPublisher};
 use crate::encoding;
 use crate::fleet::RedisStore;
 use crate::job::Job;
-use crate::limits::Limiter;
+use crate::limits::{Limiter, region_of};
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
@@ -337,7 +337,14 @@ impl Worker {
                 let age = SystemTime::now()
                     .duration_since(received.published_at.unwrap_or(received.first_seen))
                     .ok();
-                self.metrics.sent(job.kind, counted.encoding, segments, age);
+                let country = region_of(&job.to);
+                self.metrics.sent(
+                    job.kind,
+                    counted.encoding,
+                    segments,
+                    age,
+                    country.as_deref(),
+                );
                 info!(
                     outcome = "sent",
                     attempts,

@@ -85,7 +85,11 @@ async fn metrics_match_what_twilio_saw_and_pass_promtool() {
             "one observation per Twilio call"
         );
         assert_eq!(m("sms_job_age_seconds_count", ""), accepted);
-        assert_eq!(m("sms_segments_total", r#"encoding="gsm7""#), accepted);
+        // Every test number is Japanese (+81): the region label says so.
+        assert_eq!(
+            m("sms_segments_total", r#"encoding="gsm7",country="JP""#),
+            accepted
+        );
         assert_eq!(m("sms_in_flight", ""), 0.0);
         assert_eq!(m("sms_worker_paused", ""), 0.0);
         assert_eq!(m("sms_amqp_connected", ""), 1.0);
