@@ -61,6 +61,117 @@ pub(crate) fn explain(error: &lapin::Error) -> String {
     }
 }
 
+/// One exchange of the topology: its name and kind (all are durable).
+pub(crate) struct ExchangeSpec {
+    pub name: &'static str,
+    /// RabbitMQ's name for the kind: `direct`, `fanout` or `topic`.
+    pub kind: &'static str,
+}
+
+/// One queue of the topology (all are durable) with its `x-` arguments.
+pub(crate) struct QueueSpec {
+    pub name: String,
+    pub arguments: FieldTable,
+}
+
+/// One binding: `queue` bound to `exchange` with `routing_key`.
+pub(crate) struct BindingSpec {
+    pub exchange: &'static str,
+    pub queue: &'static str,
+    pub routing_key: &'static str,
+}
+
+/// The whole topology as data: what [`declare`] declares and what
+/// `topology --definitions` prints, so the two cannot drift apart.
+pub(crate) struct Topology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+/// The topology for `queue_type` (the work and delay queues' type).
+pub(crate) fn topology(queue_type: QueueType) -> Topology {
+    let exchanges = vec![
+        ExchangeSpec {
+            name: EXCHANGE,
+            kind: "direct",
+        },
+        ExchangeSpec {
+            name: DEAD_LETTER_EXCHANGE,
+            kind: "fanout",
+        },
+        ExchangeSpec {
+            name: EVENTS_EXCHANGE,
+            kind: "topic",
+        },
+    ];
+
+    let mut work = queue_args(queue_type);
+    // Messages the broker itself gives up on (a producer's own TTL, a delivery
+    // limit set by policy) land in the dead-letter queue, not nowhere.
+    work.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(DEAD_LETTER_EXCHANGE),
+    );
+    let mut queues = vec![
+        QueueSpec {
+            name: QUEUE.to_owned(),
+            arguments: work,
+        },
+        // The dead-letter queue is always a classic (durable) queue: a classic
+        // queue puts a returned message back in its place, so `dlq list` keeps
+        // the queue's order even when it is killed halfway; a quorum queue
+        // returns a closed channel's messages out of order (checked on 3.10).
+        QueueSpec {
+            name: DEAD_LETTER_QUEUE.to_owned(),
+            arguments: base_args(QueueType::Classic),
+        },
+    ];
+
+    // Refused jobs: durable, classic, length-limited, oldest dropped
+    // (contract section 4). Published to directly (default exchange).
+    let mut blocked = base_args(QueueType::Classic);
+    blocked.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(BLOCKED_MAX_LENGTH),
+    );
+    blocked.insert("x-overflow".into(), long_string("drop-head"));
+    queues.push(QueueSpec {
+        name: BLOCKED_QUEUE.to_owned(),
+        arguments: blocked,
+    });
+
+    for tier in DELAY_TIERS {
+        let mut args = queue_args(queue_type);
+        let ttl_ms = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert("x-dead-letter-exchange".into(), long_string(EXCHANGE));
+        args.insert("x-dead-letter-routing-key".into(), long_string(ROUTING_KEY));
+        queues.push(QueueSpec {
+            name: delay_queue(tier),
+            arguments: args,
+        });
+    }
+
+    let bindings = vec![
+        BindingSpec {
+            exchange: EXCHANGE,
+            queue: QUEUE,
+            routing_key: ROUTING_KEY,
+        },
+        BindingSpec {
+            exchange: DEAD_LETTER_EXCHANGE,
+            queue: DEAD_LETTER_QUEUE,
+            routing_key: ROUTING_KEY,
+        },
+    ];
+    Topology {
+        exchanges,
+        queues,
+        bindings,
+    }
+}
+
 /// Declares the whole topology.
 pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lapin::Error> {
     let durable_exchange = ExchangeDeclareOptions {
@@ -71,93 +182,41 @@ pub async fn declare(channel: &Channel, queue_type: QueueType) -> Result<(), lap
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Direct,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
-
-    channel
-        .exchange_declare(
-            EVENTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
-
-    let mut work = queue_args(queue_type);
-    // Messages the broker itself gives up on (a producer's own TTL, a delivery
-    // limit set by policy) land in the dead-letter queue, not nowhere.
-    work.insert(
-        "x-dead-letter-exchange".into(),
-        long_string(DEAD_LETTER_EXCHANGE),
-    );
-    channel
-        .queue_declare(QUEUE.into(), durable_queue, work)
-        .await?;
-    channel
-        .queue_bind(
-            QUEUE.into(),
-            EXCHANGE.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-
-    // The dead-letter queue is always a classic (durable) queue: a classic
-    // queue puts a returned message back in its place, so `dlq list` keeps
-    // the queue's order even when it is killed halfway; a quorum queue
-    // returns a closed channel's messages out of order (checked on 3.10).
-    channel
-        .queue_declare(
-            DEAD_LETTER_QUEUE.into(),
-            durable_queue,
-            base_args(QueueType::Classic),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            DEAD_LETTER_QUEUE.into(),
-            DEAD_LETTER_EXCHANGE.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-
-    // Refused jobs: durable, classic, length-limited, oldest dropped
-    // (contract section 4). Published to directly (default exchange).
-    let mut blocked = base_args(QueueType::Classic);
-    blocked.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(BLOCKED_MAX_LENGTH),
-    );
-    blocked.insert("x-overflow".into(), long_string("drop-head"));
-    channel
-        .queue_declare(BLOCKED_QUEUE.into(), durable_queue, blocked)
-        .await?;
-
-    for tier in DELAY_TIERS {
-        let mut args = queue_args(queue_type);
-        let ttl_ms = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-        args.insert("x-dead-letter-exchange".into(), long_string(EXCHANGE));
-        args.insert("x-dead-letter-routing-key".into(), long_string(ROUTING_KEY));
+    let Topology {
+        exchanges,
+        queues,
+        bindings,
+    } = topology(queue_type);
+    for exchange in exchanges {
+        let kind = match exchange.kind {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            other => ExchangeKind::Custom(other.to_owned()),
+        };
         channel
-            .queue_declare(delay_queue(tier).as_str().into(), durable_queue, args)
+            .exchange_declare(
+                exchange.name.into(),
+                kind,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for queue in queues {
+        channel
+            .queue_declare(queue.name.as_str().into(), durable_queue, queue.arguments)
+            .await?;
+    }
+    for binding in bindings {
+        channel
+            .queue_bind(
+                binding.queue.into(),
+                binding.exchange.into(),
+                binding.routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
     }
     Ok(())

@@ -13,6 +13,7 @@ mod error;
 mod output;
 mod run;
 mod send;
+mod topology;
 mod values;
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Print the exchanges, queues and bindings as a RabbitMQ definitions file.
+    Topology(topology::TopologyArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions {
         /// The shell to complete for.
@@ -65,6 +68,10 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
     if let Command::Completions { shell } = cli.command {
         // Needs no configuration: it must work before there is one.
         return completions::completions(shell, Cli::command());
+    }
+    if let Command::Topology(args) = &cli.command {
+        // Needs no configuration or broker: it only prints.
+        return topology::topology_command(args);
     }
     let config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
     if let Command::Run { dry_run } = &cli.command {
@@ -84,7 +91,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Send(args) => send::send(config, args).await,
         Command::CheckConfig => check_config::check_config(&config),
         Command::Dlq { command } => dlq::execute(&config, command).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Topology(_) => Ok(()),
     };
     // Flushing exported spans blocks; keep it off the async threads.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;

@@ -17,4 +17,5 @@ mod observability;
 mod receipts;
 mod reconcile;
 mod support;
+mod topology;
 mod worker;

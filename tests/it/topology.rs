@@ -1,0 +1,64 @@
+//! `topology --definitions` against the real broker: the printed definitions
+//! import into a fresh vhost with `rabbitmqctl import_definitions`, and a
+//! worker then starts on that vhost. A worker refuses to start when a queue
+//! exists with other arguments (PRECONDITION_FAILED), so its start proves
+//! the definitions match what the code declares.
+
+use std::time::Duration;
+
+use crate::support::*;
+use serde_json::Value;
+
+/// The definitions with every `"vhost": "/"` moved to `vhost`.
+fn for_vhost(mut defs: Value, vhost: &str) -> Value {
+    defs.as_object_mut().unwrap().remove("vhosts");
+    for kind in ["exchanges", "queues", "bindings"] {
+        for item in defs[kind].as_array_mut().unwrap() {
+            assert_eq!(item["vhost"], "/");
+            item["vhost"] = Value::from(vhost);
+        }
+    }
+    defs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn printed_definitions_import_and_a_worker_starts_on_them() {
+    within(90, async {
+        let (code, out, err) = run_cli(&["topology", "--definitions"], &[]);
+        assert_eq!(code, 0, "topology --definitions failed: {err}");
+        let defs: Value = serde_json::from_str(&out).expect("the output is JSON");
+
+        let vhost = Vhost::create();
+        let file = std::env::temp_dir().join(format!("{}.definitions.json", vhost.name));
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&for_vhost(defs.clone(), &vhost.name)).unwrap(),
+        )
+        .unwrap();
+        rabbitmqctl(None, &["import_definitions", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+        let listed = rabbitmqctl(None, &["list_queues", "-q", "-p", &vhost.name, "name"]);
+        for queue in defs["queues"].as_array().unwrap() {
+            let name = queue["name"].as_str().unwrap();
+            assert!(
+                listed.lines().any(|l| l.trim() == name),
+                "{name} was not imported: {listed}"
+            );
+        }
+
+        let config = ConfigFile::full();
+        let twilio = FakeTwilio::start().await;
+        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
+        options.args = vec!["--dry-run"];
+        let worker = WorkerProcess::start(options).await;
+        worker.wait_ready(Duration::from_secs(20)).await;
+        let logs = worker.finish().await;
+        assert!(
+            !logs
+                .iter()
+                .any(|l| l.to_string().contains("PRECONDITION_FAILED")),
+            "the worker met a mismatched declaration"
+        );
+    })
+    .await;
+}
