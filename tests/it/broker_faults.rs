@@ -2,10 +2,12 @@
 //! a connection the broker closes while jobs wait on Twilio's Retry-After
 //! sends each job once; an operator deleting `sms.dlx` does not stall dead
 //! letters; a producer's per-message expiration never makes a dead letter
-//! vanish; two dead letters of one job are replayed once; the ingest refuses
-//! a job that has already expired.
+//! vanish; two dead letters of one job are replayed once; a memory alarm
+//! blocks publishing but never the acks, and the ingest answers 503 when the
+//! broker does not confirm a job within 5 s. (The ingest refusing a job that
+//! has already expired is in `ingest.rs`.)
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::*;
 use lapin::BasicProperties;
@@ -234,21 +236,35 @@ fn unacked(node: &str, vhost: &str, queue: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {queue} in {listing}"))
 }
 
+/// A broker node of the test's own (`name`, AMQP on `port`, distribution on
+/// `port` + 20000), a vhost on it, and a ready worker there with `config` and
+/// the ingest open to `token`.
+async fn worker_on_a_node_of_its_own(
+    name: &'static str,
+    port: u16,
+    config: &ConfigFile,
+    token: &str,
+) -> (BrokerNode, Vhost, FakeTwilio, WorkerProcess) {
+    let node = tokio::task::spawn_blocking(move || BrokerNode::start(name, port, port + 20000))
+        .await
+        .unwrap();
+    let vhost = node.vhost();
+    let twilio = FakeTwilio::start().await;
+    let mut options = WorkerOptions::new(&vhost.url, config, &twilio);
+    options
+        .env
+        .push(("SMS_DISPATCH_INGEST_TOKEN", token.to_owned()));
+    let worker = WorkerProcess::start_ready(options).await;
+    (node, vhost, twilio, worker)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_alarm_blocks_publishing_but_never_the_acks() {
     within(240, async {
-        let node =
-            tokio::task::spawn_blocking(|| BrokerNode::start("smsdispatch-alarm", 5699, 25699))
-                .await
-                .unwrap();
-        let vhost = node.vhost();
-        let twilio = FakeTwilio::start().await;
         let config = ConfigFile::full();
-        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
-        options
-            .env
-            .push(("SMS_DISPATCH_INGEST_TOKEN", "alarm-test-token".to_owned()));
-        let worker = WorkerProcess::start_ready(options).await;
+        let (node, vhost, twilio, worker) =
+            worker_on_a_node_of_its_own("smsdispatch-alarm", 5699, &config, "alarm-test-token")
+                .await;
 
         // Six jobs reach Twilio and wait at its gate: five it will accept,
         // one it refuses for good, which the worker must then dead-letter,
@@ -329,6 +345,92 @@ async fn a_memory_alarm_blocks_publishing_but_never_the_acks() {
         })
         .await;
         worker.finish().await;
+        drop(vhost);
+        drop(node);
+    })
+    .await;
+}
+
+/// Whether `node` reports a resource alarm in effect.
+fn alarm_in_effect(node: &str) -> bool {
+    let clear = std::process::Command::new("rabbitmq-diagnostics")
+        .args(["-q", "-n", node, "check_local_alarms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmq-diagnostics runs");
+    !clear.success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingest_answers_503_when_the_broker_does_not_confirm_within_5_s() {
+    within(240, async {
+        let config = ConfigFile::full();
+        let (node, vhost, _twilio, worker) = worker_on_a_node_of_its_own(
+            "smsdispatch-confirm",
+            5695,
+            &config,
+            "confirm-test-token",
+        )
+        .await;
+
+        // The alarm goes up before the worker has published anything: the
+        // broker blocks its publishing connection only at the first publish
+        // (the ingest's), so the worker cannot know it in advance and the
+        // publish waits for a confirm that does not come.
+        let alarm_node = node.node.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(
+                Some(&alarm_node),
+                &["set_vm_memory_high_watermark", "absolute", "1"],
+            );
+            let start = Instant::now();
+            while !alarm_in_effect(&alarm_node) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no memory alarm on {alarm_node}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await
+        .unwrap();
+        let (status, body) = worker.readyz().await;
+        assert_eq!(status, 200, "nothing tells the worker yet: {body}");
+
+        let started = Instant::now();
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/v1/send", worker.http))
+            .header("Authorization", "Bearer confirm-test-token")
+            .timeout(Duration::from_secs(30))
+            .json(&json!({"to": number(), "type": "SignIn", "payload": {"code": crate::support::code()}}))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        println!("the ingest answered after {took:?} with no confirm");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("confirm"),
+            "not the confirm timeout: {body}"
+        );
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+            "answered after {took:?}; the confirm timeout is 5 s (a publish's own is 15 s)"
+        );
+
+        let clear_node = node.node.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(Some(&clear_node), &["set_vm_memory_high_watermark", "0.4"])
+        })
+        .await
+        .unwrap();
+        worker.wait_ready(SECS).await;
+        worker.finish().await;
+        drop(vhost);
+        drop(node);
     })
     .await;
 }

@@ -1,13 +1,15 @@
 //! A broker restart mid-run, on a RabbitMQ node of the test's own: the worker
 //! reports not ready while the broker is gone, recovers by itself, and every
-//! job is sent, a redelivered one no more than once by this worker.
+//! job is sent, a redelivered one no more than once by this worker. A SIGTERM
+//! during the outage stops it at once with exit 0; a broker that never
+//! answers makes it exit 1 after the reconnect deadline.
 //!
 //! Each test sets its own pace: the fake Twilio answers a set number of calls
 //! and then holds the rest at its gate, so the broker always stops mid-run,
 //! with a prefetch worth of calls in flight, however fast the machine.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -210,6 +212,119 @@ async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
         println!("after a long outage: {duplicates} sent twice (prefetch {prefetch})");
         assert!(duplicates <= usize::from(prefetch));
         worker.finish().await;
+        drop(vhost);
+        drop(node);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_never_answers_ends_the_worker_with_exit_1_at_the_deadline() {
+    within(90, async {
+        let config = ConfigFile::full();
+        let path = config.0.to_str().unwrap();
+        let env = [
+            ("SMS_DISPATCH_CONFIG", path),
+            // Nothing listens on port 1: every connection is refused.
+            (
+                "SMS_DISPATCH_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f",
+            ),
+            ("SMS_DISPATCH_RECONNECT_DEADLINE_SECS", "5"),
+            ("SMS_DISPATCH_HTTP_ADDR", "127.0.0.1:0"),
+            ("SMS_DISPATCH_LOG_FORMAT", "json"),
+        ];
+        let started = Instant::now();
+        // The command's own deadline (60 s) kills it if it keeps trying.
+        let (exit, out, err) = run_cli_async(&["run"], &env, Io::default()).await;
+        let took = started.elapsed();
+        assert_eq!(exit, 1, "{out}{err}");
+        assert!(
+            err.contains("could not connect to the broker within 5 s"),
+            "{err}"
+        );
+        assert!(
+            took >= Duration::from_secs(5),
+            "gave up after {took:?}, before its 5 s deadline"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "took {took:?} to give up with a 5 s deadline"
+        );
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        let problems = scan_logs(&lines, true);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    })
+    .await;
+}
+
+/// SIGTERM while the broker is down: the worker stops at once and exits 0,
+/// both while lapin is still recovering the connection and once the worker
+/// is opening a new one itself, instead of waiting for a broker that may not
+/// come back (the reconnect deadline is 300 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_broker_outage_exits_0_at_once() {
+    within(240, async {
+        let node =
+            tokio::task::spawn_blocking(|| BrokerNode::start("smsdispatch-down", 5696, 25696))
+                .await
+                .unwrap();
+        let vhost = node.vhost();
+        let twilio = FakeTwilio::start().await;
+        let config = ConfigFile::full();
+        let mut recovering =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let mut reconnecting =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let name = node.node.clone();
+        tokio::task::spawn_blocking(move || rabbitmqctl(Some(&name), &["stop_app"]))
+            .await
+            .unwrap();
+
+        // While lapin is recovering (before the 15 s the worker gives it).
+        for worker in [&recovering, &reconnecting] {
+            eventually(SECS, "/readyz to say disconnected", || async {
+                let (status, body) = worker.readyz().await;
+                (status == 503 && body["reason"] == "disconnected").then_some(())
+            })
+            .await;
+        }
+        let signalled = Instant::now();
+        recovering.terminate();
+        let status = recovering.wait_exit(SECS).await;
+        let took = signalled.elapsed();
+        assert!(status.success(), "exit status {status}");
+        println!("stopped {took:?} after SIGTERM during lapin's recovery");
+        assert!(
+            took < Duration::from_secs(10),
+            "{took:?} to stop during lapin's recovery"
+        );
+
+        // While the worker opens a new connection (after lapin's 15 s).
+        reconnecting
+            .wait_log(SECS, "the worker to open a new connection", |l| {
+                (l["message"]
+                    == "lapin did not recover the broker connection in time; opening a new one")
+                    .then_some(())
+            })
+            .await;
+        let signalled = Instant::now();
+        reconnecting.terminate();
+        let status = reconnecting.wait_exit(SECS).await;
+        let took = signalled.elapsed();
+        assert!(status.success(), "exit status {status}");
+        println!("stopped {took:?} after SIGTERM while connecting anew");
+        assert!(
+            took < Duration::from_secs(10),
+            "{took:?} to stop while connecting anew"
+        );
+        let logs = reconnecting.finish().await;
+        assert!(
+            logs.iter()
+                .any(|l| l["message"] == "stopped during a broker outage"),
+            "stopped where it was connecting"
+        );
+        recovering.finish().await;
         drop(vhost);
         drop(node);
     })

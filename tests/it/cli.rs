@@ -233,6 +233,18 @@ fn the_log_scan_catches_codes_tokens_and_numbers() {
         .is_empty()
     );
     assert!(!scan_logs(&lines(&format!(r#"{{"t":"{TEST_AUTH_TOKEN}"}}"#)), true).is_empty());
+    assert!(
+        !scan_logs(
+            &lines(&format!(r#"{{"t":"{}"}}"#, fake_twilio::TEST_API_SECRET)),
+            true
+        )
+        .is_empty()
+    );
+    // An ingest token, once the test that uses it has registered it (a
+    // worker's `SMS_DISPATCH_INGEST_TOKEN` is registered when it starts).
+    let token = secret(&format!("ingest-token-{}", uuid::Uuid::new_v4().simple()));
+    let leak = format!(r#"{{"authorization":"Bearer {token}"}}"#);
+    assert!(!scan_logs(&lines(&leak), true).is_empty());
     assert!(!scan_logs(&lines(r#"{"to":"+819012345678"}"#), true).is_empty());
     assert!(!scan_logs(&lines("not json"), true).is_empty());
     // The code's digits inside a timestamp's fraction or a UUID are not the code.
@@ -240,6 +252,22 @@ fn the_log_scan_catches_codes_tokens_and_numbers() {
     assert!(scan_logs(&lines(&ts), true).is_empty());
     let id = format!(r#"{{"job_id":"job-a{code}b-4a1b"}}"#);
     assert!(scan_logs(&lines(&id), true).is_empty());
+
+    // A line that is not UTF-8 does not end the capture: the lines after it
+    // are read and scanned too.
+    let mut output = br#"{"message":"http listening"}"#.to_vec();
+    output.extend_from_slice(b"\n{\"body\":\"\xff\xfe\"}\n");
+    output.extend_from_slice(format!(r#"{{"body":"Your code is {code}"}}"#).as_bytes());
+    output.push(b'\n');
+    let captured = std::sync::Mutex::new(Vec::new());
+    read_lines(output.as_slice(), &captured);
+    let captured = captured.into_inner().unwrap();
+    assert_eq!(captured.len(), 3, "{captured:?}");
+    let problems = scan_logs(&captured, true);
+    assert!(
+        problems.iter().any(|p| p.contains(&code)),
+        "the code after the non-UTF-8 line was not caught: {problems:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

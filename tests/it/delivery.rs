@@ -1,7 +1,7 @@
 //! Delivery guarantees against a real broker: retries survive restarts and
-//! honour Retry-After, stale codes are never sent, account faults pause
-//! instead of dead-lettering, SIGTERM finishes what is in flight, and a kill -9
-//! loses nothing.
+//! honour Retry-After (in the delay queue that fits it), stale codes are never
+//! sent, account faults pause instead of dead-lettering, SIGTERM or SIGINT
+//! finishes what is in flight, and a kill -9 loses nothing.
 //!
 //! Faults land where the test puts them: the fake Twilio holds calls at its
 //! gate until the test has done what it must, instead of racing the machine.
@@ -92,8 +92,9 @@ async fn transient_errors_and_rate_limits_are_retried_never_before_retry_after()
         let logs = bed.worker.finish().await;
         let parked = logs
             .iter()
-            .find(|l| l["message"] == "retry scheduled in a delay queue")
+            .find(|l| l["outcome"] == "retry" && l["queue"].is_string())
             .expect("the 429 was parked");
+        assert_eq!(parked["span"]["job_id"], limited.id.as_str());
         assert_eq!(parked["queue"], "sms.retry.4s");
         assert_eq!(parked["twilio_code"], 20429);
         assert!(parked["delay_ms"].as_u64().unwrap() >= 3000);
@@ -155,7 +156,7 @@ async fn a_parked_retry_survives_a_worker_crash_with_its_attempt_count() {
         publish(&publisher, &job).await;
         first
             .wait_log(SECS, "the job parked", |l| {
-                (l["message"] == "retry scheduled in a delay queue").then_some(())
+                (l["outcome"] == "retry" && l["queue"] == "sms.retry.8s").then_some(())
             })
             .await;
         first.kill9();
@@ -182,6 +183,52 @@ async fn a_parked_retry_survives_a_worker_crash_with_its_attempt_count() {
         assert_eq!(sent["attempts"], 2, "the count came with the message");
         assert_eq!(sent["span"]["attempt"], 2);
         drop(first);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_beyond_8_s_waits_in_the_16_s_delay_queue() {
+    within(90, async {
+        let mut bed = TestBed::start(ConfigFile::full()).await;
+        let job = TestJob::new(&number(), "SignIn");
+        // 10 s: past the 8 s tier, so the job waits in sms.retry.16s with
+        // its own 10 s as the message's TTL.
+        bed.twilio
+            .script(&job.to, [Reply::server_error(503).with_retry_after("10")]);
+        bed.publish(&job).await;
+        let parked = bed
+            .worker
+            .wait_log(SECS, "the job parked", |l| {
+                (l["outcome"] == "retry" && l["queue"].is_string()).then(|| l.clone())
+            })
+            .await;
+        assert_eq!(parked["queue"], "sms.retry.16s", "{parked}");
+        assert_eq!(parked["span"]["job_id"], job.id.as_str());
+        assert!(parked["delay_ms"].as_u64().unwrap() >= 10_000, "{parked}");
+        assert_eq!(
+            ready(&bed.channel, "sms.retry.16s").await,
+            1,
+            "the job waits in the 16 s delay queue"
+        );
+        assert_eq!(ready(&bed.channel, "sms.retry.8s").await, 0);
+        let seen = bed
+            .twilio
+            .wait_until(SECS, "the job sent after its delay", |r| {
+                r.iter().any(|r| r.status == 201)
+            })
+            .await;
+        assert_eq!(seen.len(), 2, "one 503, then the 201");
+        let waited = seen[1].at.duration_since(seen[0].answered_at);
+        assert!(
+            waited >= Duration::from_secs(10),
+            "retried {waited:?} after a 503 that said Retry-After: 10"
+        );
+        bed.wait_drained(SECS).await;
+        assert_eq!(ready(&bed.channel, "sms.retry.16s").await, 0);
+        let logs = bed.worker.finish().await;
+        let sent = logs.iter().find(|l| l["outcome"] == "sent").unwrap();
+        assert_eq!(sent["attempts"], 2, "{sent}");
     })
     .await;
 }
@@ -306,41 +353,57 @@ async fn an_account_fault_pauses_the_worker_and_it_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_jobs_in_flight_finish_and_exits_0() {
-    within(60, async {
-        let twilio = FakeTwilio::start().await;
-        // The calls stay in flight until the worker has taken SIGTERM in.
-        twilio.hold();
-        let vhost = Vhost::create();
-        let config = ConfigFile::patient();
-        let mut worker =
-            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
-        let conn = vhost.connect().await;
-        let publisher = vhost.publisher(&conn).await;
-        let jobs: Vec<TestJob> = (0..10).map(|_| TestJob::new(&number(), "SignIn")).collect();
-        for job in &jobs {
-            publish(&publisher, job).await;
-        }
-        eventually(SECS, "all ten calls in flight", || {
-            std::future::ready((twilio.in_flight() == 10).then_some(()))
-        })
-        .await;
-        worker.terminate();
-        let waiting = worker
-            .wait_log(SECS, "the worker to stop for SIGTERM", |l| {
-                (l["message"] == "shutting down: waiting for jobs in flight")
-                    .then(|| l["in_flight"].as_u64())
-                    .flatten()
-            })
-            .await;
-        assert_eq!(waiting, 10, "it waits for every job in flight");
-        twilio.release();
-        let status = worker.wait_exit(SECS).await;
-        assert!(status.success(), "exit status {status}");
-        assert_eq!(twilio.accepted().len(), 10, "every job in flight finished");
-        assert_eq!(vhost.ready("sms.send").await, 0, "and was acked");
-        worker.finish().await;
+    within(
+        60,
+        jobs_in_flight_finish_on("SIGTERM", WorkerProcess::terminate),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_stops_the_worker_as_gracefully_as_sigterm() {
+    within(
+        60,
+        jobs_in_flight_finish_on("SIGINT", WorkerProcess::interrupt),
+    )
+    .await;
+}
+
+/// Ten calls in flight when `stop` signals the worker: it waits for all ten,
+/// acks them and exits 0.
+async fn jobs_in_flight_finish_on(signal: &str, stop: fn(&WorkerProcess)) {
+    let twilio = FakeTwilio::start().await;
+    // The calls stay in flight until the worker has taken the signal in.
+    twilio.hold();
+    let vhost = Vhost::create();
+    let config = ConfigFile::patient();
+    let mut worker =
+        WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+    let conn = vhost.connect().await;
+    let publisher = vhost.publisher(&conn).await;
+    let jobs: Vec<TestJob> = (0..10).map(|_| TestJob::new(&number(), "SignIn")).collect();
+    for job in &jobs {
+        publish(&publisher, job).await;
+    }
+    eventually(SECS, "all ten calls in flight", || {
+        std::future::ready((twilio.in_flight() == 10).then_some(()))
     })
     .await;
+    stop(&worker);
+    let waiting = worker
+        .wait_log(SECS, &format!("the worker to stop for {signal}"), |l| {
+            (l["message"] == "shutting down: waiting for jobs in flight")
+                .then(|| l["in_flight"].as_u64())
+                .flatten()
+        })
+        .await;
+    assert_eq!(waiting, 10, "it waits for every job in flight");
+    twilio.release();
+    let status = worker.wait_exit(SECS).await;
+    assert!(status.success(), "exit status {status} on {signal}");
+    assert_eq!(twilio.accepted().len(), 10, "every job in flight finished");
+    assert_eq!(vhost.ready("sms.send").await, 0, "and was acked");
+    worker.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

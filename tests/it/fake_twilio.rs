@@ -1,7 +1,7 @@
 //! The fake Twilio answers like Twilio: a 201 message resource, 401/20003 for bad credentials, 404/20404 for a wrong path or account, the validation codes, the magic test numbers; and it plays scripts, Retry-After, HTML pages, hang-ups, latency and `wait_until` as the other tests rely on.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_twilio::*;
 use serde_json::Value;
@@ -97,6 +97,7 @@ async fn created_with_from_is_queued_message_resource() {
     within_deadline(async {
         let fake = FakeTwilio::start().await;
         let client = client();
+        let before = Instant::now();
         let response = send(
             &client,
             &fake,
@@ -108,6 +109,7 @@ async fn created_with_from_is_queued_message_resource() {
             ],
         )
         .await;
+        let after = Instant::now();
         assert_eq!(response.status().as_u16(), 201);
         let headers = response.headers().clone();
         assert_eq!(headers["content-type"], "application/json; charset=utf-8");
@@ -161,7 +163,12 @@ async fn created_with_from_is_queued_message_resource() {
         assert_eq!(r.body(), "Your code is 123456");
         assert_eq!(r.field("ValidityPeriod"), Some("600"));
         assert_eq!(r.field("StatusCallback"), None);
-        assert!(r.answered_at >= r.at);
+        // The arrival and the answer, as the other tests time Retry-After
+        // with them: both within this call, the answer after the arrival
+        // (not left at the arrival's instant).
+        assert!(before <= r.at, "arrived before the request was sent");
+        assert!(r.at < r.answered_at, "answered when it arrived");
+        assert!(r.answered_at <= after, "answered after the response came");
         assert_eq!(fake.request_count(), 1);
         assert_eq!(fake.in_flight(), 0);
     })

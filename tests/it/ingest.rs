@@ -1,11 +1,18 @@
 //! Logto's HTTP SMS connector posting into the worker: `POST /v1/send` needs
-//! the bearer token, refuses a bad body with a JSON error, and answers 202
-//! with the job id only after the broker confirmed the job, which is then
-//! sent like any other.
+//! the bearer token, refuses a bad body or an expired job with a JSON error,
+//! and answers 202 with the job id only after the broker confirmed the job,
+//! which is then sent like any other.
+//!
+//! What the ingest publishes is seen in a queue of the test's own, bound to
+//! `sms` with `send` next to `sms.send`: the worker empties `sms.send`, so an
+//! empty `sms.send` would prove nothing.
 
 use std::time::Duration;
 
 use crate::support::*;
+use lapin::Channel;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 const SECS: Duration = Duration::from_secs(30);
@@ -17,6 +24,69 @@ async fn bed_with_ingest() -> TestBed {
         o.env.push(("SMS_DISPATCH_INGEST_TOKEN", TOKEN.to_owned()));
     })
     .await
+}
+
+/// The test's own queue, bound where a job for the worker lands.
+const COPIES: &str = "test.ingest-copies";
+
+/// Declares [`COPIES`] on `channel` (exclusive to its connection) and binds
+/// it to `sms`/`send`: from now on it gets a copy of every job published.
+async fn bind_copies(channel: &Channel) {
+    channel
+        .queue_declare(
+            COPIES.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            COPIES.into(),
+            "sms".into(),
+            "send".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Posts a good job and checks that it is the only job published since the
+/// bind and the only one sent. (The 202 follows the broker's confirm, which
+/// follows every earlier publish's: a refused job that had been published
+/// would be in the queue in front of it.)
+async fn only_a_good_job_goes_out(bed: &TestBed) {
+    let to = number();
+    let good = json!({"to": to, "type": "SignIn", "payload": {"code": crate::support::code()}});
+    let (status, body) = post(bed, Some(&format!("Bearer {TOKEN}")), &good).await;
+    assert_eq!(status, 202, "{body}");
+    let published: Vec<String> = take_at_least(&bed.channel, COPIES, 1, SECS)
+        .await
+        .iter()
+        .map(|m| {
+            m.properties
+                .message_id()
+                .as_ref()
+                .map_or("", |id| id.as_str())
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        published,
+        [body["id"].as_str().unwrap()],
+        "a refused job was published"
+    );
+    let seen = bed
+        .twilio
+        .wait_until(SECS, "the good job sent", |r| !r.is_empty())
+        .await;
+    bed.wait_drained(SECS).await;
+    assert_eq!(bed.twilio.request_count(), 1, "a refused job was sent");
+    assert_eq!(seen[0].to(), to);
 }
 
 async fn post(bed: &TestBed, auth: Option<&str>, body: &Value) -> (u16, Value) {
@@ -35,6 +105,7 @@ async fn post(bed: &TestBed, auth: Option<&str>, body: &Value) -> (u16, Value) {
 async fn logtos_http_connector_can_post_a_job() {
     within(60, async {
         let bed = bed_with_ingest().await;
+        bind_copies(&bed.channel).await;
         let to = number();
         let code = crate::support::code();
         // Exactly what Logto's HTTP SMS connector sends.
@@ -48,6 +119,20 @@ async fn logtos_http_connector_can_post_a_job() {
         let (status, body) = post(&bed, Some(&bearer), &job).await;
         assert_eq!(status, 202, "{body}");
         let id = body["id"].as_str().expect("an id").to_owned();
+        // Published to sms/send once, as posted, with the answered id.
+        let copies = take_at_least(&bed.channel, COPIES, 1, SECS).await;
+        assert_eq!(copies.len(), 1, "one job published");
+        let published = copies[0].json();
+        assert_eq!(published["to"], to);
+        assert_eq!(published["payload"]["code"], code);
+        assert_eq!(
+            copies[0]
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str()),
+            Some(id.as_str())
+        );
 
         let seen = bed
             .twilio
@@ -71,6 +156,7 @@ async fn logtos_http_connector_can_post_a_job() {
 async fn no_token_no_entry_and_a_bad_body_is_a_400() {
     within(60, async {
         let bed = bed_with_ingest().await;
+        bind_copies(&bed.channel).await;
         let good =
             json!({"to": number(), "type": "SignIn", "payload": {"code": crate::support::code()}});
         for auth in [None, Some("Bearer wrong"), Some(TOKEN)] {
@@ -97,12 +183,7 @@ async fn no_token_no_entry_and_a_bad_body_is_a_400() {
             let error = body["error"].as_str().unwrap();
             assert!(error.contains(field), "{error} lacks {field}");
         }
-        assert_eq!(bed.twilio.request_count(), 0, "nothing refused was sent");
-        assert_eq!(
-            ready(&bed.channel, "sms.send").await,
-            0,
-            "nothing refused was queued"
-        );
+        only_a_good_job_goes_out(&bed).await;
         bed.worker.finish().await;
     })
     .await;
@@ -119,6 +200,28 @@ async fn without_a_token_there_is_no_ingest_route() {
             .await
             .unwrap();
         assert_eq!(response.status(), 404);
+        bed.worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_expires_at_has_passed_is_a_400_and_publishes_nothing() {
+    within(60, async {
+        let bed = bed_with_ingest().await;
+        bind_copies(&bed.channel).await;
+        let expired = TestJob::new(&number(), "SignIn").expired();
+        let job: Value = serde_json::from_slice(&expired.body()).unwrap();
+        let (status, body) = post(&bed, Some(&format!("Bearer {TOKEN}")), &job).await;
+        assert_eq!(status, 400, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("expires_at"), "{body}");
+        only_a_good_job_goes_out(&bed).await;
+        assert_eq!(
+            ready(&bed.channel, "sms.dead").await,
+            0,
+            "nor was it dead-lettered"
+        );
         bed.worker.finish().await;
     })
     .await;

@@ -1,7 +1,8 @@
 //! Observability against a real broker: the metrics follow what the fake
 //! Twilio saw and pass `promtool check metrics`; logs carry the job span and
-//! the producer's trace id; spans are exported over OTLP when configured.
-//! (`/readyz` across a broker outage is checked in `tests/broker_restart.rs`,
+//! the producer's trace id (from the `traceparent` header or from
+//! `payload.traceparent`); spans are exported over OTLP when configured.
+//! (`/readyz` across a broker outage is checked in `tests/it/broker_restart.rs`,
 //! on a broker node of its own.)
 
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use crate::support::*;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
+use serde_json::Value;
 
 const SECS: Duration = Duration::from_secs(30);
 
@@ -155,12 +157,7 @@ async fn every_log_line_of_a_job_carries_its_span_and_the_producers_trace_id() {
         bed.wait_drained(SECS).await;
         let sid = bed.twilio.accepted()[0].sid.clone().unwrap();
         let logs = bed.worker.finish().await;
-        let lines: Vec<_> = logs
-            .iter()
-            .filter(|l| l["span"]["job_id"] == job.id.as_str())
-            .collect();
-        let outcomes: Vec<&str> = lines.iter().filter_map(|l| l["outcome"].as_str()).collect();
-        assert_eq!(outcomes, ["retry", "sent"], "one line per outcome");
+        let lines = retried_then_sent(&logs, &job);
         for line in &lines {
             assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
             assert_eq!(line["span"]["type"], "SignIn");
@@ -173,6 +170,44 @@ async fn every_log_line_of_a_job_carries_its_span_and_the_producers_trace_id() {
         assert_eq!(sent["span"]["message_sid"], sid.as_str());
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traceparent_in_the_payload_gives_the_jobs_lines_its_trace_id() {
+    within(60, async {
+        let bed = TestBed::start(ConfigFile::full()).await;
+        let trace_id = "5c1c63257de34c67a3e8b5f2f6a0d4e1";
+        // In the job, not in a header (a producer that cannot set headers).
+        let job = TestJob::new(&number(), "SignIn").var(
+            "traceparent",
+            serde_json::json!(format!("00-{trace_id}-a3ce929d0e0e4736-01")),
+        );
+        bed.twilio.script(&job.to, [Reply::server_error(500)]);
+        bed.publish(&job).await;
+        bed.twilio
+            .wait_until(SECS, "the job sent after a retry", |r| {
+                r.iter().any(|r| r.status == 201)
+            })
+            .await;
+        bed.wait_drained(SECS).await;
+        let logs = bed.worker.finish().await;
+        for line in retried_then_sent(&logs, &job) {
+            assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+        }
+    })
+    .await;
+}
+
+/// The log lines of `job` (by `span.job_id`), checked to be one line per
+/// outcome: a retry, then the send.
+fn retried_then_sent<'a>(logs: &'a [Value], job: &TestJob) -> Vec<&'a Value> {
+    let lines: Vec<_> = logs
+        .iter()
+        .filter(|l| l["span"]["job_id"] == job.id.as_str())
+        .collect();
+    let outcomes: Vec<&str> = lines.iter().filter_map(|l| l["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["retry", "sent"], "one line per outcome");
+    lines
 }
 
 /// A minimal OTLP/HTTP collector: records the bodies POSTed to /v1/traces.

@@ -1,5 +1,7 @@
 //! The worker against a real RabbitMQ and the fake Twilio: every job ends as
-//! exactly one Twilio message or one dead letter with a reason.
+//! exactly one Twilio message or one dead letter with a reason; templates are
+//! chosen by `locale`, else by `uiLocales`; classic queues work as quorum
+//! ones do.
 
 use std::time::Duration;
 
@@ -61,27 +63,7 @@ async fn every_type_gets_its_template_with_locale_and_generic_fallback() {
             typed("BindMfa", None, |c| format!("Your code is {c}")),
             (invite, "Join Acme: https://example.com/i/abc".to_owned()),
         ];
-        for (job, _) in &cases {
-            bed.publish(job).await;
-        }
-
-        let seen = bed
-            .twilio
-            .wait_until(SECS, "every job sent", |r| r.len() >= cases.len())
-            .await;
-        assert_eq!(seen.len(), cases.len(), "one Twilio call per job");
-        for (job, expected) in &cases {
-            let request = seen
-                .iter()
-                .find(|r| r.to() == job.to)
-                .unwrap_or_else(|| panic!("no request for job {}", job.id));
-            assert_eq!(
-                request.body(),
-                expected,
-                "{} {:?}",
-                job.kind,
-                job.payload.get("locale")
-            );
+        for request in send_each(&bed, &cases).await {
             assert_eq!(request.status, 201);
             assert_eq!(
                 request.field("MessagingServiceSid"),
@@ -109,6 +91,34 @@ async fn every_type_gets_its_template_with_locale_and_generic_fallback() {
     .await;
 }
 
+/// Publishes each job, waits until each was sent once, checks each one's
+/// text, and returns the Twilio requests.
+async fn send_each(bed: &TestBed, cases: &[(TestJob, String)]) -> Vec<Received> {
+    for (job, _) in cases {
+        bed.publish(job).await;
+    }
+    let seen = bed
+        .twilio
+        .wait_until(SECS, "every job sent", |r| r.len() >= cases.len())
+        .await;
+    assert_eq!(seen.len(), cases.len(), "one Twilio call per job");
+    for (job, expected) in cases {
+        let request = seen
+            .iter()
+            .find(|r| r.to() == job.to)
+            .unwrap_or_else(|| panic!("no request for job {}", job.id));
+        assert_eq!(
+            request.body(),
+            expected,
+            "{} {:?} {:?}",
+            job.kind,
+            job.payload.get("locale"),
+            job.payload.get("uiLocales")
+        );
+    }
+    seen
+}
+
 fn sign_in(locale: Option<&str>, body: impl Fn(&str) -> String) -> (TestJob, String) {
     typed("SignIn", locale, body)
 }
@@ -120,6 +130,111 @@ fn typed(kind: &str, locale: Option<&str>, body: impl Fn(&str) -> String) -> (Te
     }
     let expected = body(&job.code);
     (job, expected)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_locales_choose_the_template_when_there_is_no_locale_and_render_as_a_variable() {
+    within(60, async {
+        let bed = TestBed::start(ConfigFile::logto(&[
+            ("SignIn", None, "Sign in with {{code}}"),
+            ("SignIn", Some("ja"), "サインインコード {{code}}"),
+            ("Register", None, "Code {{code}} ({{uiLocales}})"),
+        ]))
+        .await;
+        let ui_locales = |kind: &str, locales: &str, body: fn(&str) -> String| {
+            let job = TestJob::new(&number(), kind).var("uiLocales", json!(locales));
+            let expected = body(&job.code);
+            (job, expected)
+        };
+        let mut cases = vec![
+            // Logto's raw preference list: its first tag chooses, down to
+            // the language (ja-JP → ja) as a locale would.
+            ui_locales("SignIn", "ja-JP en", |c| format!("サインインコード {c}")),
+            // No template for the first tag: the type's default.
+            ui_locales("SignIn", "fr ja", |c| format!("Sign in with {c}")),
+            // A variable like any other.
+            ui_locales("Register", "fr-CA de", |c| format!("Code {c} (fr-CA de)")),
+        ];
+        // `locale` wins over `uiLocales`.
+        let english = TestJob::new(&number(), "SignIn")
+            .var("uiLocales", json!("ja"))
+            .locale("en");
+        let expected = format!("Sign in with {}", english.code);
+        cases.push((english, expected));
+        send_each(&bed, &cases).await;
+        bed.wait_drained(SECS).await;
+        bed.worker.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_queue_type_classic_the_worker_declares_classic_queues_and_sends() {
+    within(60, async {
+        let vhost = Vhost::create();
+        let twilio = FakeTwilio::start().await;
+        let config = ConfigFile::full();
+        let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
+        options
+            .env
+            .push(("SMS_DISPATCH_QUEUE_TYPE", "classic".to_owned()));
+        let worker = WorkerProcess::start_ready(options).await;
+        let name = vhost.name.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            rabbitmqctl(
+                None,
+                &[
+                    "list_queues",
+                    "-q",
+                    "--no-table-headers",
+                    "-p",
+                    &name,
+                    "name",
+                    "type",
+                    "arguments",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        let queues: Vec<(&str, &str)> = listing
+            .lines()
+            .filter_map(|l| {
+                let mut cols = l.split('\t');
+                Some((cols.next()?, cols.next()?))
+            })
+            .collect();
+        // sms.send and the eight delay queues, and every other queue the
+        // worker declares (sms.dead is classic whatever the setting).
+        assert!(queues.iter().any(|(q, _)| *q == "sms.send"), "{listing}");
+        let delay_queues = queues.iter().filter(|(q, _)| q.starts_with("sms.retry."));
+        assert_eq!(delay_queues.count(), 8, "{listing}");
+        for (queue, kind) in &queues {
+            assert_eq!(*kind, "classic", "{queue} in:\n{listing}");
+        }
+        assert!(
+            listing
+                .lines()
+                .filter(|l| l.starts_with("sms.send\t") || l.starts_with("sms.retry."))
+                .all(|l| l.contains("x-queue-type") && l.contains("classic")),
+            "declared classic, not left to the default:\n{listing}"
+        );
+        // A job published to the classic queues is sent (no topology
+        // declared here: a quorum one would not match).
+        let conn = vhost.connect().await;
+        let publisher = sms_dispatch::wire::Publisher::open(&conn).await.unwrap();
+        let job = TestJob::new(&number(), "SignIn");
+        publish(&publisher, &job).await;
+        let seen = twilio
+            .wait_until(SECS, "the job sent", |r| r.iter().any(|r| r.status == 201))
+            .await;
+        assert_eq!(seen[0].to(), job.to);
+        let channel = conn.create_channel().await.unwrap();
+        wait_drained(&channel, &worker, SECS).await;
+        let logs = worker.finish().await;
+        assert!(logs.iter().any(|l| l["outcome"] == "sent"));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

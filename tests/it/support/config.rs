@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use fake_twilio::{TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_MESSAGING_SERVICE_SID};
 use serde_json::{Value, json};
 
+use super::logs::forbid;
+
 /// A config file in the temp dir, removed on drop.
 pub(crate) struct ConfigFile(pub PathBuf);
 
@@ -69,6 +71,14 @@ impl ConfigFile {
         }
         ConfigFile::write("toml", &text)
     }
+}
+
+/// A secret a test hands the worker or a command (an ingest token, an API
+/// secret), returned as given and remembered as forbidden in logs, as
+/// Twilio's test auth token and API secret are from the start.
+pub(crate) fn secret(value: &str) -> String {
+    forbid(value);
+    value.to_owned()
 }
 
 /// One template per type a full Logto sign-in flow needs: (type, content).

@@ -7,7 +7,9 @@ use std::sync::{Mutex, OnceLock};
 use fake_twilio::{TEST_API_SECRET, TEST_AUTH_TOKEN};
 use serde_json::Value;
 
-/// Every code and number a test job used: no log line may contain them.
+/// Every code and number a test job used, and every secret a test used
+/// (Twilio's test auth token and API secret from the start, ingest tokens
+/// and the like as tests hand them over): no log line may contain them.
 fn forbidden() -> &'static Mutex<HashSet<String>> {
     static FORBIDDEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     FORBIDDEN.get_or_init(|| {
@@ -33,8 +35,9 @@ pub(crate) fn code() -> String {
     }
 }
 
-/// Scans log lines: JSON when `json`, and no code, secret or unmasked
-/// number. Returns the problems found.
+/// Scans log lines (every one: a line that was not UTF-8 comes lossily, see
+/// `read_lines`): JSON when `json`, and no code, secret or unmasked number.
+/// Returns the problems found.
 pub(crate) fn scan_logs(lines: &[String], json_lines: bool) -> Vec<String> {
     let forbidden = forbidden().lock().unwrap().clone();
     let mut problems = Vec::new();

@@ -2,7 +2,7 @@
 //! Twilio, its logs captured and scanned, its health and metrics read over
 //! HTTP.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use lapin::{Channel, Connection};
 use serde_json::Value;
 
 use super::broker::{Taken, Vhost, publish, ready, take_at_least};
-use super::config::ConfigFile;
+use super::config::{ConfigFile, secret};
 use super::jobs::TestJob;
 use super::logs::scan_logs;
 use super::{BIN, eventually};
@@ -78,6 +78,9 @@ impl WorkerProcess {
             cmd.env("SMS_DISPATCH_TWILIO_BASE_URL", twilio.base_url());
         }
         for (k, v) in &options.env {
+            if SECRET_VARS.contains(k) {
+                secret(v);
+            }
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("the worker binary starts");
@@ -88,11 +91,7 @@ impl WorkerProcess {
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = Arc::clone(&lines);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            }));
+            readers.push(std::thread::spawn(move || read_lines(stream, &lines)));
         }
         let mut worker = WorkerProcess {
             child,
@@ -201,6 +200,11 @@ impl WorkerProcess {
         signal(self.child.id(), "TERM");
     }
 
+    /// Sends SIGINT (Ctrl-C).
+    pub(crate) fn interrupt(&self) {
+        signal(self.child.id(), "INT");
+    }
+
     /// Sends SIGKILL.
     pub(crate) fn kill9(&self) {
         signal(self.child.id(), "KILL");
@@ -272,6 +276,41 @@ impl Drop for WorkerProcess {
             );
         } else {
             self.scan();
+        }
+    }
+}
+
+/// The environment variables that hold a secret: whatever a test gives the
+/// worker in them is a secret the log scan looks for.
+const SECRET_VARS: [&str; 3] = [
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_API_SECRET",
+    "SMS_DISPATCH_INGEST_TOKEN",
+];
+
+/// Reads `stream` to its end into `lines`, a line at a time. Each line is
+/// read as bytes and kept lossily when it is not UTF-8: every line after it
+/// is still captured and scanned, and the pipe is read to the end, so the
+/// worker never blocks on a full one.
+pub(crate) fn read_lines(stream: impl Read, lines: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                let text = String::from_utf8_lossy(&line).into_owned();
+                lines.lock().unwrap().push(text);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
