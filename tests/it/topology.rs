@@ -23,8 +23,22 @@ fn for_vhost(mut defs: Value, vhost: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn printed_definitions_import_and_a_worker_starts_on_them() {
+    import_and_start("quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_definitions_import_and_a_classic_worker_starts_on_them() {
+    import_and_start("classic").await;
+}
+
+/// Imports `topology --definitions --queue-type <queue_type>` into a fresh
+/// vhost and starts a worker with that queue type on it.
+async fn import_and_start(queue_type: &str) {
     within(90, async {
-        let (code, out, err) = run_cli(&["topology", "--definitions"], &[]);
+        let (code, out, err) = run_cli(
+            &["topology", "--definitions", "--queue-type", queue_type],
+            &[],
+        );
         assert_eq!(code, 0, "topology --definitions failed: {err}");
         let defs: Value = serde_json::from_str(&out).expect("the output is JSON");
 
@@ -50,6 +64,9 @@ async fn printed_definitions_import_and_a_worker_starts_on_them() {
         let twilio = FakeTwilio::start().await;
         let mut options = WorkerOptions::new(&vhost.url, &config, &twilio);
         options.args = vec!["--dry-run"];
+        options
+            .env
+            .push(("SMS_DISPATCH_QUEUE_TYPE", queue_type.to_owned()));
         let worker = WorkerProcess::start(options).await;
         worker.wait_ready(Duration::from_secs(20)).await;
         let logs = worker.finish().await;
