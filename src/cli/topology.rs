@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::error::CliError;
 use super::output::emit;
 use crate::amqp::QueueType;
-use crate::amqp::topology::{Topology, topology};
+use crate::amqp::topology::{DEAD_LETTER_QUEUE, Topology, topology};
 
 /// The queue type of the work and delay queues (the configuration's `queue_type`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -48,6 +48,13 @@ pub(crate) fn topology_command(args: &TopologyArgs) -> Result<(), CliError> {
     emit(&text)
 }
 
+/// The most dead letters `sms.dead` keeps under the definitions' policy;
+/// beyond it the oldest are dropped, so a storm of dead letters cannot fill
+/// the broker's disk (the queue's own arguments carry no limit, so the worker
+/// declares it alike with or without the policy). Only ready messages count:
+/// a `dlq` command holding the queue unacked does not trigger it.
+pub(crate) const DEAD_LETTER_MAX_LENGTH: i64 = 1_000_000;
+
 /// The definitions file for vhost `/`.
 pub(crate) fn definitions(queue_type: QueueType) -> Value {
     let Topology {
@@ -73,6 +80,14 @@ pub(crate) fn definitions(queue_type: QueueType) -> Value {
             "auto_delete": false,
             "arguments": arguments(&q.arguments),
         })).collect::<Vec<_>>(),
+        "policies": [{
+            "name": "sms-dead-length",
+            "vhost": "/",
+            "pattern": format!("^{}$", DEAD_LETTER_QUEUE.replace('.', "\\.")),
+            "apply-to": "queues",
+            "priority": 0,
+            "definition": {"max-length": DEAD_LETTER_MAX_LENGTH},
+        }],
         "bindings": bindings.iter().map(|b| json!({
             "source": b.exchange,
             "vhost": "/",
@@ -168,6 +183,15 @@ mod tests {
             bindings,
             [("sms", "sms.send", "send"), ("sms.dlx", "sms.dead", "send")]
         );
+    }
+
+    #[test]
+    fn a_policy_limits_the_dead_letter_queue_only() {
+        let defs = definitions(QueueType::Quorum);
+        let policy = &defs["policies"][0];
+        assert_eq!(policy["pattern"], "^sms\\.dead$");
+        assert_eq!(policy["apply-to"], "queues");
+        assert_eq!(policy["definition"]["max-length"], DEAD_LETTER_MAX_LENGTH);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::Value;
 /// The definitions with every `"vhost": "/"` moved to `vhost`.
 fn for_vhost(mut defs: Value, vhost: &str) -> Value {
     defs.as_object_mut().unwrap().remove("vhosts");
-    for kind in ["exchanges", "queues", "bindings"] {
+    for kind in ["exchanges", "queues", "bindings", "policies"] {
         for item in defs[kind].as_array_mut().unwrap() {
             assert_eq!(item["vhost"], "/");
             item["vhost"] = Value::from(vhost);
@@ -59,6 +59,12 @@ async fn import_and_start(queue_type: &str) {
                 "{name} was not imported: {listed}"
             );
         }
+
+        let policies = rabbitmqctl(None, &["list_policies", "-q", "-p", &vhost.name]);
+        assert!(
+            policies.contains("sms-dead-length") && policies.contains("max-length"),
+            "the dead-letter length policy was not imported: {policies}"
+        );
 
         let config = ConfigFile::full();
         let twilio = FakeTwilio::start().await;
