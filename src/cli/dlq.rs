@@ -16,11 +16,9 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Consumer};
 use serde_json::{Value, json};
 
 use super::error::CliError;
@@ -323,7 +321,7 @@ async fn take_all(
     queue_name: &'static str,
     now: SystemTime,
     default_ttl: Duration,
-) -> Result<Vec<Held>, TakeError> {
+) -> Result<(Vec<Held>, Option<Consumer>), TakeError> {
     let busy = TakeError::Busy { queue: queue_name };
     let queue = channel
         .queue_declare(
@@ -341,7 +339,7 @@ async fn take_all(
     let count = queue.message_count() as usize;
     let mut held = Vec::with_capacity(count);
     if count == 0 {
-        return Ok(held);
+        return Ok((held, None));
     }
     let options = BasicConsumeOptions {
         exclusive: true,
@@ -364,11 +362,11 @@ async fn take_all(
         let entry = Entry::read(&delivery.data, &delivery.properties, now, default_ttl);
         held.push(Held { delivery, entry });
     }
-    // Deliveries that arrive after the cancel (new dead letters) stay
-    // unacked and go back to the queue when the channel closes.
-    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-    let _ = tokio::time::timeout(QUIET, cancel).await;
-    Ok(held)
+    // The consumer stays until the command ends: cancelling it now would
+    // let a second command see no consumer (and, the messages being held,
+    // no messages) and report an empty queue. What arrives meanwhile (new
+    // dead letters) stays unacked and goes back when the channel closes.
+    Ok((held, Some(consumer)))
 }
 
 /// Hands back, in order, every held message not acked: one multiple nack up
@@ -424,7 +422,8 @@ pub(super) async fn execute(config: &Config, command: DlqCommand) -> Result<(), 
         DlqCommand::List(args) if args.blocked => topology::BLOCKED_QUEUE,
         _ => topology::DEAD_LETTER_QUEUE,
     };
-    let held = take_all(&channel, queue, now, config.default_ttl)
+    // `_consumer` lives (holding the queue) until the command ends.
+    let (held, _consumer) = take_all(&channel, queue, now, config.default_ttl)
         .await
         .map_err(CliError::runtime)?;
 

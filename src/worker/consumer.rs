@@ -203,7 +203,7 @@ async fn open_session(
     shutdown: &Shutdown,
 ) -> Result<Session, WorkerError> {
     let deadline = broker.reconnect_deadline;
-    let open = async {
+    let open_once = || async {
         let connection =
             amqp::connect(broker, "sms-dispatch worker", amqp::Recovery::Automatic).await?;
         let publishing = Arc::new(
@@ -223,6 +223,25 @@ async fn open_session(
             .basic_qos(broker.prefetch, BasicQosOptions::default())
             .await?;
         Ok::<_, OpenError>((connection, publishing, publisher, channel))
+    };
+    // A broker that does not answer yet is tried again, with backoff, until
+    // the reconnect deadline: not given up on at the first refusal.
+    let open = async {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match open_once().await {
+                Err(OpenError::Broker(e)) => {
+                    warn!(
+                        error = %e,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "the broker did not answer; trying again until the reconnect deadline"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     };
     let (connection, publishing, publisher, channel) = tokio::select! {
         opened = tokio::time::timeout(deadline, open) => match opened {
