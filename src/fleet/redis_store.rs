@@ -39,7 +39,7 @@ impl std::fmt::Debug for RedisSettings {
 
 /// How long one Redis command may take before the worker stops waiting and
 /// falls back to its own memory for that job.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a sent record outlives the job's expiry: a redelivery after
 /// that is refused as expired anyway.
