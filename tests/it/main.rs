@@ -6,6 +6,7 @@ mod architecture;
 mod broker_faults;
 mod broker_restart;
 mod cli;
+mod cluster;
 mod delivery;
 mod dlq;
 mod events;

@@ -213,6 +213,7 @@ pub(crate) async fn ready(channel: &Channel, queue: &str) -> u32 {
 pub(crate) struct BrokerNode {
     pub node: String,
     pub port: u16,
+    dist_port: u16,
     base: PathBuf,
 }
 
@@ -245,12 +246,25 @@ impl BrokerNode {
             .status()
             .expect("chown runs");
         assert!(chown.success(), "chown of {} failed", base.display());
-        let path = |p: &str| base.join(p).display().to_string();
+        let broker = BrokerNode {
+            node,
+            port,
+            dist_port,
+            base,
+        };
+        broker.launch();
+        broker.wait_running(Duration::from_secs(90));
+        broker
+    }
+
+    /// Runs `rabbitmq-server -detached` on the node's files (its data kept).
+    fn launch(&self) {
+        let path = |p: &str| self.base.join(p).display().to_string();
         let started = Command::new("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
             .env("RABBITMQ_LOG_BASE", path("log"))
             .env("RABBITMQ_PID_FILE", path("pid"))
@@ -260,9 +274,37 @@ impl BrokerNode {
             .status()
             .expect("rabbitmq-server runs");
         assert!(started.success(), "rabbitmq-server -detached failed");
-        let broker = BrokerNode { node, port, base };
-        broker.wait_running(Duration::from_secs(90));
-        broker
+    }
+
+    /// Starts the node again on the data it had (after [`BrokerNode::kill9`]:
+    /// a cluster member rejoins its cluster) and waits until it runs.
+    pub(crate) fn restart(&self) {
+        self.launch();
+        self.wait_running(Duration::from_secs(90));
+    }
+
+    /// `kill -9` of the node's Erlang VM (the pid its boot wrote to its pid
+    /// file), as a machine that dies; returns once the process is gone.
+    pub(crate) fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.base.join("pid"))
+            .unwrap_or_else(|e| panic!("the pid file of {}: {e}", self.node));
+        let pid = pid.trim();
+        let killed = Command::new("kill")
+            .args(["-KILL", pid])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success(), "kill -9 {pid} ({}) failed", self.node);
+        // Gone, or a zombie waiting for init to reap it: dead either way.
+        let stat = format!("/proc/{pid}/stat");
+        let start = std::time::Instant::now();
+        while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} (pid {pid}) outlived kill -9",
+                self.node
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the node's broker application runs.

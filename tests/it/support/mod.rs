@@ -14,6 +14,7 @@
 
 mod broker;
 mod cli;
+mod cluster;
 mod config;
 mod jobs;
 mod logs;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub(crate) use broker::*;
 pub(crate) use cli::*;
+pub(crate) use cluster::*;
 pub(crate) use config::*;
 pub(crate) use fake_twilio::{
     FakeTwilio, Received, Reply, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_MESSAGING_SERVICE_SID,
