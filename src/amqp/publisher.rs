@@ -234,6 +234,18 @@ impl SharedPublisher {
     /// connection is up), declaring the topology on it. Returns whether the
     /// publisher is usable now.
     pub(crate) async fn repair(&self) -> bool {
+        self.reopen(false).await
+    }
+
+    /// Opens a new publishing channel even though the current one looks
+    /// healthy: RabbitMQ can refuse every publish on a channel that first
+    /// published to a quorum queue just after its leader died, while a new
+    /// channel is served.
+    pub(crate) async fn renew_channel(&self) -> bool {
+        self.reopen(true).await
+    }
+
+    async fn reopen(&self, even_if_connected: bool) -> bool {
         let Some(current) = self
             .current
             .read()
@@ -243,7 +255,7 @@ impl SharedPublisher {
             return false;
         };
         let channel = current.publisher.channel().status();
-        if channel.connected() {
+        if channel.connected() && !even_if_connected {
             return true;
         }
         if !current.connection.status().connected() || channel.reconnecting() {
@@ -263,7 +275,16 @@ impl SharedPublisher {
                 {
                     slot.publisher = publisher;
                 }
-                tracing::info!("reopened the publishing channel the broker had closed");
+                drop(slot);
+                if even_if_connected {
+                    // The refused channel goes; a publish still on it fails
+                    // and is tried again on the new one.
+                    let old = current.publisher.channel().clone();
+                    tokio::spawn(async move {
+                        let _ = old.close(200, "renewed".into()).await;
+                    });
+                }
+                tracing::info!("opened a new publishing channel");
                 true
             }
             Ok(Err(e)) => {

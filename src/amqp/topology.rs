@@ -51,6 +51,13 @@ pub(crate) fn delay_queue(tier: Duration) -> String {
 /// queue already exists with other arguments (RabbitMQ's PRECONDITION_FAILED).
 pub(crate) const MISMATCH_HINT: &str = "an exchange or queue of that name exists with other arguments (another queue_type, or declared by hand or by an older version): delete it once it is empty, or set queue_type to match";
 
+/// Whether a declaration failed because the queue's home node is down (a
+/// classic queue on a cluster node that died): not a configuration fault.
+pub(crate) fn home_node_down(error: &lapin::Error) -> bool {
+    let text = error.to_string();
+    text.contains("home node") && text.contains("down or inaccessible")
+}
+
 /// Adds [`MISMATCH_HINT`] to a declaration error when it is a mismatch.
 pub(crate) fn explain(error: &lapin::Error) -> String {
     let text = error.to_string();

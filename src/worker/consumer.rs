@@ -214,10 +214,19 @@ async fn open_session(
             )
             .await?,
         );
-        let publisher = Publisher::open(&publishing).await?;
-        topology::declare(publisher.channel(), broker.queue_type)
-            .await
-            .map_err(|e| OpenError::Topology(topology::explain(&e)))?;
+        let mut publisher = Publisher::open(&publishing).await?;
+        match topology::declare(publisher.channel(), broker.queue_type).await {
+            Ok(()) => {}
+            // A classic queue (sms.dead, sms.blocked) lives on one node; when
+            // that node is down the queue cannot be declared, but the jobs can
+            // still be sent: carry on (dead letters wait until it is back)
+            // on a fresh channel, the broker having closed this one.
+            Err(e) if topology::home_node_down(&e) => {
+                warn!(error = %e, "a queue's home node is down; consuming anyway, dead letters wait until it is back");
+                publisher = Publisher::open(&publishing).await?;
+            }
+            Err(e) => return Err(OpenError::Topology(topology::explain(&e))),
+        }
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(broker.prefetch, BasicQosOptions::default())

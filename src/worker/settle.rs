@@ -367,6 +367,10 @@ impl Worker {
                     last_error = e.to_string();
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
+                    if matches!(e, PublishError::Nacked) {
+                        // A channel the broker keeps refusing: a new one.
+                        self.publisher.renew_channel().await;
+                    }
                     if matches!(e, PublishError::Unroutable { .. }) {
                         // Someone deleted a queue or binding: put it back.
                         if let Err(e) =
