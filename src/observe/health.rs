@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use super::metrics::Metrics;
 
+/// How long a publishing failure keeps the worker not ready: the job went
+/// back to the queue, and if nothing needs publishing afterwards no success
+/// would ever clear it; a new failure starts it again.
+const PUBLISH_FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why the worker is not ready, as `/readyz` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct NotReady {
@@ -26,7 +31,8 @@ struct State {
     consuming: bool,
     paused: Option<String>,
     blocked: Option<String>,
-    publish_failing: Option<String>,
+    /// What failed, and when: it counts for [`PUBLISH_FAILING_FOR`].
+    publish_failing: Option<(String, std::time::Instant)>,
 }
 
 /// Shared readiness state. Clones share it.
@@ -67,7 +73,8 @@ impl Health {
     /// Marks publishing failing (every try of a dead letter or retry failed;
     /// the job went back to the queue), or working again with `None`.
     pub(crate) fn set_publish_failing(&self, detail: Option<String>) {
-        self.with(|s| s.publish_failing = detail);
+        let now = std::time::Instant::now();
+        self.with(|s| s.publish_failing = detail.map(|d| (d, now)));
     }
 
     /// Marks the worker paused with a reason an operator can act on, or
@@ -94,7 +101,11 @@ impl Health {
                         "the broker blocks publishing ({blocked}): dead letters, retries and new jobs wait until the alarm clears"
                     ),
                 })
-            } else if let Some(failing) = &s.publish_failing {
+            } else if let Some((failing, _)) = s
+                .publish_failing
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < PUBLISH_FAILING_FOR)
+            {
                 Err(NotReady {
                     reason: "publish_failing",
                     detail: failing.clone(),
