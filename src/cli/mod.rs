@@ -44,6 +44,10 @@ enum Command {
         /// Render and log (masked) instead of calling Twilio; needs no Twilio account.
         #[arg(long)]
         dry_run: bool,
+        /// Run only the consumer (`worker`), only the HTTP side (`http`:
+        /// ingest, Twilio's callbacks, metrics), or both.
+        #[arg(long, value_enum, default_value_t = values::Role::All)]
+        role: values::Role,
     },
     /// Publish one job (with publisher confirms) and print its id.
     Send(send::SendArgs),
@@ -74,11 +78,16 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         return topology::topology_command(args);
     }
     let config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
-    if let Command::Run { dry_run } = &cli.command {
+    if let Command::Run { dry_run, role } = &cli.command {
         // What `run` needs is checked before anything starts.
         config.templates_required()?;
-        if !dry_run {
+        if role.consumes() && !dry_run {
             config.twilio_required()?;
+        }
+        if *role == values::Role::Http && config.ingest_token.is_none() && !config.callbacks_on() {
+            return Err(CliError::Usage(
+                "run --role http serves nothing: set SMS_DISPATCH_INGEST_TOKEN (the ingest) or SMS_DISPATCH_PUBLIC_URL with Twilio's credentials (status callbacks)".to_owned(),
+            ));
         }
     }
     let target = match cli.command {
@@ -87,7 +96,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
     };
     let telemetry = telemetry::init(config.log_format, target);
     let result = match cli.command {
-        Command::Run { dry_run } => run::run(config, dry_run).await,
+        Command::Run { dry_run, role } => run::run(config, dry_run, role).await,
         Command::Send(args) => send::send(config, args).await,
         Command::CheckConfig => check_config::check_config(&config),
         Command::Dlq { command } => dlq::execute(&config, command).await,

@@ -1,7 +1,11 @@
-//! `run`: the worker. Starts the HTTP listener (metrics, health, ingest),
-//! then consumes until SIGTERM or SIGINT.
+//! `run`: the worker. Starts the HTTP listener (metrics, health, ingest,
+//! callbacks), then consumes until SIGTERM or SIGINT. `--role` runs one
+//! half only: `worker` serves no ingest or callbacks, `http` consumes
+//! nothing (it still keeps the broker connections the ingest and the
+//! callbacks' events publish on).
 
 use super::error::CliError;
+use super::values::Role;
 use crate::amqp::SharedPublisher;
 use crate::config::Config;
 use crate::fleet::RedisStore;
@@ -17,16 +21,16 @@ use std::sync::Arc;
 use tracing::info;
 
 /// Runs the worker until it is stopped; `dry_run` logs instead of sending.
-pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
+pub(crate) async fn run(config: Config, dry_run: bool, role: Role) -> Result<(), CliError> {
     let settings = config.worker_settings()?;
-    let gateway = if dry_run {
+    let gateway = if dry_run || !role.consumes() {
         Gateway::DryRun
     } else {
         let twilio = config.twilio_required()?;
         Gateway::Twilio(TwilioClient::new(twilio).map_err(CliError::runtime)?)
     };
     let metrics = Metrics::new();
-    let health = Health::new(metrics.clone());
+    let health = Health::new(metrics.clone(), role.consumes());
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let publisher = SharedPublisher::new();
@@ -45,27 +49,35 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
         fleet.clone(),
         metrics.clone(),
     ));
-    let ingest = config.ingest_token.clone().map(|token| http::Ingest {
-        token,
-        publisher: publisher.clone(),
-        default_ttl: config.default_ttl,
-        limiter: Arc::clone(&limiter),
-        templates: config.templates.clone(),
-    });
+    let ingest = config
+        .ingest_token
+        .clone()
+        .filter(|_| role.serves_http())
+        .map(|token| http::Ingest {
+            token,
+            publisher: publisher.clone(),
+            default_ttl: config.default_ttl,
+            limiter: Arc::clone(&limiter),
+            templates: config.templates.clone(),
+        });
     // Status callbacks, when Twilio can reach this worker (a public URL).
-    let callbacks = config.twilio.as_ref().and_then(|twilio| {
-        twilio
-            .status_callback
-            .clone()
-            .map(|url| http::StatusCallbacks {
-                url,
-                tokens: twilio.callback_tokens.clone(),
-                metrics: metrics.clone(),
-                publisher: publisher.clone(),
-                fleet: fleet.clone(),
-                seen: Default::default(),
-            })
-    });
+    let callbacks = config
+        .twilio
+        .as_ref()
+        .filter(|_| role.serves_http())
+        .and_then(|twilio| {
+            twilio
+                .status_callback
+                .clone()
+                .map(|url| http::StatusCallbacks {
+                    url,
+                    tokens: twilio.callback_tokens.clone(),
+                    metrics: metrics.clone(),
+                    publisher: publisher.clone(),
+                    fleet: fleet.clone(),
+                    seen: Default::default(),
+                })
+        });
     let (_, server) = http::serve(
         config.http_addr,
         http::router(metrics.clone(), health.clone(), ingest, callbacks),
@@ -88,6 +100,7 @@ pub(crate) async fn run(config: Config, dry_run: bool) -> Result<(), CliError> {
             publisher,
             fleet,
             limiter,
+            consume: role.consumes(),
         },
     )
     .await;

@@ -8,6 +8,32 @@ use clap::builder::PossibleValue;
 use crate::amqp::dead_letter::Reason;
 use crate::job::TemplateType;
 
+/// `run --role`: which half of the worker a process runs (contract section
+/// 5). A fleet paused on a Twilio account fault is not ready; running the
+/// HTTP side apart keeps the ingest and Twilio's callbacks served meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub(super) enum Role {
+    /// Both: consume `sms.send` and serve the ingest and callbacks.
+    #[default]
+    All,
+    /// Only consume `sms.send` (the HTTP listener serves metrics and health).
+    Worker,
+    /// Only the HTTP side: ingest, Twilio's callbacks, metrics and health.
+    Http,
+}
+
+impl Role {
+    /// Whether this role consumes `sms.send`.
+    pub(super) fn consumes(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+
+    /// Whether this role serves the ingest and Twilio's callbacks.
+    pub(super) fn serves_http(self) -> bool {
+        matches!(self, Role::All | Role::Http)
+    }
+}
+
 /// `--type`: one of Logto's template types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TypeArg(pub(crate) TemplateType);

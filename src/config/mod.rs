@@ -102,6 +102,14 @@ impl Config {
         })
     }
 
+    /// Whether Twilio's status callbacks are served: a public URL and the
+    /// credentials whose auth token signs them.
+    pub(crate) fn callbacks_on(&self) -> bool {
+        self.twilio
+            .as_ref()
+            .is_some_and(|twilio| twilio.status_callback.is_some())
+    }
+
     /// The templates, or the error that says how to provide them.
     pub(crate) fn templates_required(&self) -> Result<&Templates, ConfigError> {
         if self.templates.is_empty() {

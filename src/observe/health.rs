@@ -40,13 +40,19 @@ struct State {
 pub(crate) struct Health {
     state: Arc<Mutex<State>>,
     metrics: Metrics,
+    /// Whether this process consumes `sms.send` (`run --role http` does
+    /// not: it is ready when it can publish, paused or not).
+    consumes: bool,
 }
 
 impl Health {
-    pub(crate) fn new(metrics: Metrics) -> Health {
+    /// Readiness for a process that consumes (`consumes`) or only serves
+    /// the HTTP side.
+    pub(crate) fn new(metrics: Metrics, consumes: bool) -> Health {
         Health {
             state: Arc::new(Mutex::new(State::default())),
             metrics,
+            consumes,
         }
     }
 
@@ -110,6 +116,8 @@ impl Health {
                     reason: "publish_failing",
                     detail: failing.clone(),
                 })
+            } else if !self.consumes {
+                Ok(())
             } else if let Some(paused) = &s.paused {
                 Err(NotReady {
                     reason: "paused",
@@ -133,7 +141,7 @@ mod tests {
 
     #[test]
     fn ready_only_when_connected_consuming_and_not_paused() {
-        let h = Health::new(Metrics::new());
+        let h = Health::new(Metrics::new(), true);
         assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
         h.set_connected(true);
         assert_eq!(h.readiness().unwrap_err().reason, "not_consuming");
@@ -151,5 +159,17 @@ mod tests {
         assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
+    }
+
+    #[test]
+    fn the_http_role_is_ready_when_it_can_publish_paused_or_not() {
+        let h = Health::new(Metrics::new(), false);
+        assert_eq!(h.readiness().unwrap_err().reason, "disconnected");
+        h.set_connected(true);
+        assert!(h.readiness().is_ok(), "the HTTP side consumes nothing");
+        h.set_paused(Some("Twilio 20003".to_owned()));
+        assert!(h.readiness().is_ok(), "a pause stops sends, not the ingest");
+        h.set_blocked(Some("low on memory".to_owned()));
+        assert_eq!(h.readiness().unwrap_err().reason, "blocked");
     }
 }

@@ -69,6 +69,9 @@ pub(crate) struct RunOptions {
     pub(crate) fleet: Option<RedisStore>,
     /// The abuse limits (shared with the ingest).
     pub(crate) limiter: Arc<Limiter>,
+    /// Whether to consume `sms.send` (`run --role http` only keeps the
+    /// connections up for the ingest and the callbacks' events).
+    pub(crate) consume: bool,
 }
 
 /// The worker's connections to the broker and what hangs off them: one that
@@ -113,6 +116,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         publisher: shared,
         fleet,
         limiter,
+        consume,
     } = options;
     let broker = settings.broker.clone();
     let grace = settings.shutdown_grace;
@@ -129,16 +133,25 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
         fleet,
         limiter,
     ));
-    info!(
-        queue = topology::QUEUE,
-        prefetch = broker.prefetch,
-        queue_type = broker.queue_type.as_str(),
-        dry_run,
-        "consuming"
-    );
+    if consume {
+        info!(
+            queue = topology::QUEUE,
+            prefetch = broker.prefetch,
+            queue_type = broker.queue_type.as_str(),
+            dry_run,
+            "consuming"
+        );
+    } else {
+        info!("serving the HTTP side only (--role http): not consuming");
+    }
     let tracker = TaskTracker::new();
     let result = loop {
-        match consume(&broker, &worker, &session, &tracker, &health, &shutdown).await {
+        let ended = if consume {
+            consume_jobs(&broker, &worker, &session, &tracker, &health, &shutdown).await
+        } else {
+            hold(&session, &shutdown).await
+        };
+        match ended {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) => break Err(e),
             Ok(SessionEnd::Stuck) => {
@@ -319,8 +332,17 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// reconnect attempts (120, at most 5 s apart).
 const ABANDONED_WATCH: Duration = Duration::from_secs(15 * 60);
 
+/// Keeps `session` open without consuming (`--role http`) until shutdown,
+/// or until its connection is stuck.
+async fn hold(session: &Session, shutdown: &Shutdown) -> Result<SessionEnd, WorkerError> {
+    tokio::select! {
+        () = shutdown.requested() => Ok(SessionEnd::Shutdown),
+        () = session.stuck.cancelled() => Ok(SessionEnd::Stuck),
+    }
+}
+
 /// Consumes on `session` until shutdown, or until its connection is stuck.
-async fn consume(
+async fn consume_jobs(
     broker: &amqp::BrokerSettings,
     worker: &Arc<Worker>,
     session: &Session,

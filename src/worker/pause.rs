@@ -83,7 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn trips_once_and_resumes() {
-        let health = Health::new(Metrics::new());
+        let health = Health::new(Metrics::new(), true);
         health.set_connected(true);
         health.set_consuming(true);
         let pause = Pause::new(health.clone());

@@ -226,3 +226,98 @@ async fn a_job_whose_expires_at_has_passed_is_a_400_and_publishes_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_role_takes_jobs_while_the_worker_role_is_paused() {
+    within(150, async {
+        // `run --role worker` and `run --role http` on one broker: the HTTP
+        // side consumes nothing and stays ready through a fleet-wide pause
+        // (an account fault), so Logto's sign-ins keep being queued; the
+        // worker side serves no ingest.
+        let twilio = FakeTwilio::start().await;
+        twilio.set_default(Reply::error(401, 20003));
+        let bed = TestBed::start_with(ConfigFile::full(), twilio, |o| {
+            o.args = vec!["--role", "worker"];
+            o.prefetch = 4;
+        })
+        .await;
+        let config = ConfigFile::full();
+        let mut http_options = WorkerOptions::new(&bed.vhost.url, &config, &bed.twilio);
+        http_options.args = vec!["--role", "http"];
+        http_options
+            .env
+            .push(("SMS_DISPATCH_INGEST_TOKEN", TOKEN.to_owned()));
+        let http = WorkerProcess::start_ready(http_options).await;
+        let bearer = format!("Bearer {TOKEN}");
+        let post_to = |addr: std::net::SocketAddr, body: Value| {
+            let bearer = bearer.clone();
+            async move {
+                let response = reqwest::Client::new()
+                    .post(format!("http://{addr}/v1/send"))
+                    .header("Authorization", bearer)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            }
+        };
+        let job = |to: &str| json!({"to": to, "type": "SignIn", "payload": {"code": crate::support::code()}});
+
+        let first = number();
+        assert_eq!(
+            post_to(bed.worker.http, job(&first)).await,
+            404,
+            "--role worker serves no ingest"
+        );
+        assert_eq!(post_to(http.http, job(&first)).await, 202);
+        eventually(SECS, "the worker role to pause on 20003", || async {
+            let (status, body) = bed.worker.readyz().await;
+            (status == 503 && body["reason"] == "paused").then_some(())
+        })
+        .await;
+        let second = number();
+        assert_eq!(
+            post_to(http.http, job(&second)).await,
+            202,
+            "the HTTP role takes jobs during the pause"
+        );
+        let (status, body) = http.readyz().await;
+        assert_eq!(status, 200, "the HTTP role is ready while paused: {body}");
+
+        // The account is fixed: the worker role's probe resumes it, and both
+        // jobs go out once, from the worker role (the HTTP role, consuming
+        // nothing, has no Twilio to send them with).
+        bed.twilio.set_default(Reply::created());
+        bed.twilio
+            .wait_until(Duration::from_secs(90), "both jobs sent", |r| {
+                [&first, &second]
+                    .iter()
+                    .all(|to| r.iter().any(|r| r.status == 201 && r.to() == to.as_str()))
+            })
+            .await;
+        bed.wait_drained(SECS).await;
+        assert_eq!(bed.twilio.messages_to(&first), 1);
+        assert_eq!(bed.twilio.messages_to(&second), 1);
+        http.finish().await;
+        bed.worker.finish().await;
+    })
+    .await;
+}
+
+#[test]
+fn the_http_role_with_nothing_to_serve_is_a_usage_error() {
+    let config = ConfigFile::full();
+    let (code, _, stderr) = run_cli(
+        &["run", "--role", "http"],
+        &[
+            ("SMS_DISPATCH_CONFIG", config.0.to_str().unwrap()),
+            ("SMS_DISPATCH_AMQP_URL", "amqp://127.0.0.1:1/%2f"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("SMS_DISPATCH_INGEST_TOKEN") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}

@@ -325,7 +325,7 @@ pub(crate) struct TestBed {
     pub twilio: FakeTwilio,
     _conn: Connection,
     _config: ConfigFile,
-    _vhost: Vhost,
+    pub vhost: Vhost,
 }
 
 impl TestBed {
@@ -354,7 +354,7 @@ impl TestBed {
             twilio,
             _conn: conn,
             _config: config,
-            _vhost: vhost,
+            vhost,
         }
     }
 
