@@ -2,7 +2,9 @@
 //! that answers like Twilio: basic auth, form validation, the test credentials' magic
 //! numbers, Twilio's JSON error body, a 201 message resource, plus scripted failures
 //! (JSON errors, a proxy's HTML page, a hang-up without an answer), latency, and a gate
-//! that holds calls until the test opens it.
+//! that holds calls until the test opens it; and, when a create call names a
+//! `StatusCallback`, the status callbacks Twilio would post, signed like Twilio's,
+//! optionally late, repeated or with the final status before `sent`.
 //!
 //! The gate is how a test controls its own pace: closed, every call the worker makes
 //! stays in flight (read, unanswered), so a fault injected then lands while the worker
@@ -340,6 +342,12 @@ struct State {
     final_status: HashMap<String, (String, Option<u32>)>,
     /// How many times the final status is posted (Twilio may repeat one).
     callback_repeats: usize,
+    /// How long after creating a message its callbacks start (Twilio's
+    /// come seconds or minutes later).
+    callback_delay: Duration,
+    /// Whether the final status is posted before `sent` (Twilio does not
+    /// promise their order).
+    callbacks_out_of_order: bool,
     /// The gate: `None` when open; `Some(n)` when closed after `n` more requests.
     passes: Option<usize>,
 }
@@ -359,6 +367,8 @@ struct Shared {
     recorded: Notify,
     /// Status callback posts made (answered or not).
     callbacks_posted: Arc<AtomicUsize>,
+    /// How the callback posts were answered: HTTP status (0 for none) → count.
+    callback_answers: Arc<Mutex<BTreeMap<u16, usize>>>,
     /// Random per instance, so sids from two fakes in one process never collide.
     sid_prefix: u64,
 }
@@ -424,6 +434,8 @@ impl FakeTwilio {
                 list_calls: 0,
                 final_status: HashMap::new(),
                 callback_repeats: 1,
+                callback_delay: Duration::ZERO,
+                callbacks_out_of_order: false,
             }),
             records: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -432,6 +444,7 @@ impl FakeTwilio {
             open: watch::Sender::new(true),
             recorded: Notify::new(),
             callbacks_posted: Arc::new(AtomicUsize::new(0)),
+            callback_answers: Arc::new(Mutex::new(BTreeMap::new())),
             sid_prefix: fastrand::u64(..),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -473,9 +486,28 @@ impl FakeTwilio {
         self.shared().callbacks_posted.load(Ordering::SeqCst)
     }
 
+    /// How the status callback posts made so far were answered: HTTP status
+    /// (0 when there was no answer) → how many.
+    pub fn callback_answers(&self) -> BTreeMap<u16, usize> {
+        lock(&self.shared().callback_answers).clone()
+    }
+
     /// Posts each final status `n` times (Twilio may repeat a callback).
     pub fn set_callback_repeats(&self, n: usize) {
         lock(&self.shared().state).callback_repeats = n;
+    }
+
+    /// Waits `delay` after creating a message before posting its callbacks
+    /// (late receipts: the job was acked long before). Initially none.
+    pub fn set_callback_delay(&self, delay: Duration) {
+        lock(&self.shared().state).callback_delay = delay;
+    }
+
+    /// Posts the final status first, then `sent`, then the final status's
+    /// repeats, instead of `sent` first: an intermediate status that
+    /// arrives after the final one.
+    pub fn set_callbacks_out_of_order(&self, out_of_order: bool) {
+        lock(&self.shared().state).callbacks_out_of_order = out_of_order;
     }
 
     /// List calls made so far.
@@ -913,12 +945,15 @@ fn answer(shared: &Shared, decided: Decided) -> Answer {
                 &final_status,
                 code,
                 state.callback_repeats,
+                state.callbacks_out_of_order,
             );
             tokio::spawn(post_callbacks(
                 callback.to_string(),
                 token,
                 posts,
+                state.callback_delay,
                 Arc::clone(&shared.callbacks_posted),
+                Arc::clone(&shared.callback_answers),
             ));
         }
     }
@@ -1295,7 +1330,8 @@ fn html_page(status: u16) -> String {
 }
 
 /// The form posts Twilio makes to a status callback: `sent`, then the final
-/// status (`repeats` times).
+/// status (`repeats` times); `out_of_order`, the final status first, then
+/// `sent`, then the final status's repeats.
 fn status_posts(
     sid: &str,
     account_sid: &str,
@@ -1303,6 +1339,7 @@ fn status_posts(
     final_status: &str,
     error_code: Option<u32>,
     repeats: usize,
+    out_of_order: bool,
 ) -> Vec<Vec<(String, String)>> {
     let post = |status: &str, code: Option<u32>| {
         let mut form = vec![
@@ -1322,10 +1359,9 @@ fn status_posts(
         }
         form
     };
-    let mut posts = vec![post("sent", None)];
-    for _ in 0..repeats.max(1) {
-        posts.push(post(final_status, error_code));
-    }
+    let mut posts = vec![post(final_status, error_code); repeats.max(1)];
+    let sent_at = if out_of_order { 1 } else { 0 };
+    posts.insert(sent_at, post("sent", None));
     posts
 }
 
@@ -1344,22 +1380,83 @@ pub fn twilio_signature(token: &str, url: &str, form: &[(String, String)]) -> St
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Posts each form to `url`, signed like Twilio, one after the other.
+/// Posts each form to `url`, signed like Twilio, one after the other, the
+/// first after `delay`; counts each post in `posted` once its answer is
+/// counted in `answers`.
 async fn post_callbacks(
     url: String,
     token: String,
     posts: Vec<Vec<(String, String)>>,
+    delay: Duration,
     posted: Arc<AtomicUsize>,
+    answers: Arc<Mutex<BTreeMap<u16, usize>>>,
 ) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let client = reqwest::Client::new();
     for form in posts {
         let signature = twilio_signature(&token, &url, &form);
-        let _ = client
+        let status = client
             .post(&url)
             .header("X-Twilio-Signature", signature)
             .form(&form)
             .send()
-            .await;
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        *lock(&answers).entry(status).or_default() += 1;
         posted.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses(out_of_order: bool, repeats: usize) -> Vec<String> {
+        let received = Received {
+            at: Instant::now(),
+            answered_at: Instant::now(),
+            account_sid: TEST_ACCOUNT_SID.to_string(),
+            username: TEST_ACCOUNT_SID.to_string(),
+            form: BTreeMap::from([("To".to_string(), "+819012345678".to_string())]),
+            status: 201,
+            twilio_code: None,
+            sid: None,
+        };
+        status_posts(
+            "SM1",
+            TEST_ACCOUNT_SID,
+            &received,
+            "undelivered",
+            Some(30007),
+            repeats,
+            out_of_order,
+        )
+        .iter()
+        .map(|form| {
+            let field = |name: &str| {
+                form.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            format!("{}/{}", field("MessageStatus"), field("ErrorCode"))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn callbacks_come_in_order_or_with_the_final_status_first() {
+        assert_eq!(statuses(false, 1), ["sent/", "undelivered/30007"]);
+        assert_eq!(
+            statuses(false, 2),
+            ["sent/", "undelivered/30007", "undelivered/30007"]
+        );
+        assert_eq!(statuses(true, 1), ["undelivered/30007", "sent/"]);
+        assert_eq!(
+            statuses(true, 2),
+            ["undelivered/30007", "sent/", "undelivered/30007"]
+        );
     }
 }
