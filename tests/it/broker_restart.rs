@@ -4,6 +4,9 @@
 //! during the outage stops it at once with exit 0; a broker that never
 //! answers makes it exit 1 after the reconnect deadline.
 //!
+//! Outcome events already confirmed survive the restart, and jobs in flight
+//! across it are sent once.
+//!
 //! Each test sets its own pace: the fake Twilio answers a set number of calls
 //! and then holds the rest at its gate, so the broker always stops mid-run,
 //! with a prefetch worth of calls in flight, however fast the machine.
@@ -212,6 +215,136 @@ async fn a_long_outage_ends_with_one_consumer_and_every_job_sent() {
         println!("after a long outage: {duplicates} sent twice (prefetch {prefetch})");
         assert!(duplicates <= usize::from(prefetch));
         worker.finish().await;
+        drop(vhost);
+        drop(node);
+    })
+    .await;
+}
+
+/// Outcome events survive a restart of the broker (the node stopped
+/// cleanly and started again on its data), and the restart sends no code
+/// twice. A service's durable queue bound to `sms.events` still holds, after
+/// the restart, the events confirmed before it; the jobs whose Twilio calls
+/// were in flight across it (held at the fake's gate until the node is back)
+/// are sent once; the jobs taken after it get their events too.
+#[tokio::test(flavor = "multi_thread")]
+async fn outcome_events_survive_a_broker_restart_without_a_second_sms() {
+    within(300, async {
+        let node =
+            tokio::task::spawn_blocking(|| BrokerNode::start("smsdispatch-events", 5694, 25694))
+                .await
+                .unwrap();
+        let vhost = node.vhost();
+        let twilio = FakeTwilio::start().await;
+        let config = ConfigFile::patient();
+        let worker =
+            WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
+        let queue = "service.sms-outcomes";
+        {
+            let conn = vhost.connect().await;
+            let channel = conn.create_channel().await.unwrap();
+            bind_to_events(&channel, queue, "#", true).await;
+            let _ = conn.close(200, "bound".into()).await;
+        }
+        let sent_events = || async {
+            metric(
+                &worker.metrics().await,
+                "sms_events_published_total",
+                "outcome=\"sent\"",
+            )
+            .unwrap_or(0.0)
+        };
+
+        // Before the restart: sent, acked, their events confirmed.
+        let before: Vec<TestJob> = (0..10).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        vhost.publish_all(&before).await;
+        eventually(SECS, "the events of the jobs sent before the restart", || async {
+            (sent_events().await == 10.0).then_some(())
+        })
+        .await;
+        // Across it: their calls held at the gate until the node is back.
+        twilio.hold();
+        let across: Vec<TestJob> = (0..6).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        vhost.publish_all(&across).await;
+        twilio
+            .wait_held(across.len(), SECS, "the calls in flight across the restart")
+            .await;
+
+        tokio::task::block_in_place(|| node.stop());
+        eventually(SECS, "/readyz to say disconnected", || async {
+            let (status, body) = worker.readyz().await;
+            (status == 503 && body["reason"] == "disconnected").then_some(())
+        })
+        .await;
+        tokio::task::block_in_place(|| node.restart());
+        worker.wait_ready(Duration::from_secs(120)).await;
+        assert_eq!(
+            vhost.ready(queue).await,
+            10,
+            "the events confirmed before the restart are still queued after it"
+        );
+
+        // The held calls are answered now: their deliveries died with the
+        // old connection, and the copies the broker delivers again must not
+        // be sent a second time.
+        twilio.release();
+        let after: Vec<TestJob> = (0..5).map(|_| TestJob::new(&number(), "SignIn")).collect();
+        vhost.publish_all(&after).await;
+        let conn = vhost.connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        let mut events: Vec<serde_json::Value> = Vec::new();
+        let waiting = Instant::now();
+        while !before
+            .iter()
+            .chain(&after)
+            .all(|j| events.iter().any(|e| e["id"] == j.id.as_str()))
+        {
+            assert!(
+                waiting.elapsed() < SECS,
+                "waited {SECS:?} for a sent event for every job sent with the broker up; got {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            events.extend(take_all(&channel, queue).await.iter().map(Taken::json));
+        }
+        wait_drained(&channel, &worker, SECS).await;
+        events.extend(take_all(&channel, queue).await.iter().map(Taken::json));
+
+        // Twilio saw each job exactly once.
+        let jobs: Vec<&TestJob> = before.iter().chain(&across).chain(&after).collect();
+        let requests = twilio.requests();
+        for job in &jobs {
+            let calls = requests.iter().filter(|r| r.to() == job.to).count();
+            assert_eq!(calls, 1, "job {} was sent {calls} times", job.id);
+        }
+        assert_eq!(requests.len(), jobs.len(), "no other call to Twilio");
+        assert!(requests.iter().all(|r| r.status == 201));
+        // One `sent` event for each job whose outcome was reached with the
+        // broker up; one at most for those whose 201 came back to a
+        // connection the restart had closed (their ack was lost with it,
+        // and the copy delivered again is acked as a duplicate).
+        for event in &events {
+            assert_eq!(event["outcome"], "sent", "{event}");
+            assert!(
+                jobs.iter().any(|j| event["id"] == j.id.as_str()),
+                "an event for no job of this test: {event}"
+            );
+        }
+        let count = |job: &TestJob| events.iter().filter(|e| e["id"] == job.id.as_str()).count();
+        for job in before.iter().chain(&after) {
+            assert_eq!(count(job), 1, "sent events for job {}", job.id);
+        }
+        let told = across.iter().map(count).sum::<usize>();
+        assert!(across.iter().all(|j| count(j) <= 1));
+        println!(
+            "{told} of the {} jobs in flight across the restart had a sent event",
+            across.len()
+        );
+        let logs = worker.finish().await;
+        assert!(
+            logs.iter()
+                .any(|l| l["message"] == "broker connection lost; lapin is reconnecting")
+        );
+        drop(conn);
         drop(vhost);
         drop(node);
     })

@@ -5,43 +5,16 @@
 use std::time::Duration;
 
 use crate::support::*;
-use lapin::BasicProperties;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 
 const SECS: Duration = Duration::from_secs(60);
-
-/// A queue of the test's own bound to `sms.events` with `pattern`.
-async fn bind(channel: &lapin::Channel, pattern: &str) -> String {
-    let queue = format!("events-test-{:08x}", fastrand::u32(..));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            "sms.events".into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    queue
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_outcome_is_one_event_routed_by_its_source() {
     within(120, async {
         let bed = TestBed::start(ConfigFile::full()).await;
-        let sent_q = bind(&bed.channel, "default.sent").await;
-        let dead_q = bind(&bed.channel, "default.dead_lettered.*").await;
-        let billing_q = bind(&bed.channel, "billing.#").await;
+        let sent_q = bind_events(&bed.channel, "default.sent").await;
+        let dead_q = bind_events(&bed.channel, "default.dead_lettered.*").await;
+        let billing_q = bind_events(&bed.channel, "billing.#").await;
 
         let plain: Vec<TestJob> = (0..3).map(|_| TestJob::new(&number(), "SignIn")).collect();
         for job in &plain {
@@ -52,14 +25,7 @@ async fn each_outcome_is_one_event_routed_by_its_source() {
         bed.publish(&refused).await;
         // A job from another service names itself in app_id.
         let billing = TestJob::new(&number(), "SignIn");
-        publish_raw(
-            &bed.channel,
-            &billing.body(),
-            BasicProperties::default()
-                .with_message_id(billing.id.as_str().into())
-                .with_app_id("billing".into()),
-        )
-        .await;
+        publish_from(&bed.channel, &billing, "billing").await;
 
         let sent = take_at_least(&bed.channel, &sent_q, 3, SECS).await;
         let dead = take_at_least(&bed.channel, &dead_q, 1, SECS).await;

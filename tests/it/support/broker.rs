@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -129,6 +131,15 @@ pub(crate) async fn publish_raw(channel: &Channel, body: &[u8], properties: Basi
         .unwrap();
 }
 
+/// Publishes a test job to `sms`/`send` as the service `source` would (its
+/// name in the AMQP `app_id`, which routes the job's outcome events).
+pub(crate) async fn publish_from(channel: &Channel, job: &TestJob, source: &str) {
+    let properties = BasicProperties::default()
+        .with_message_id(job.id.as_str().into())
+        .with_app_id(source.into());
+    publish_raw(channel, &job.body(), properties).await;
+}
+
 /// A message taken from a queue (and acked).
 #[derive(Debug, Clone)]
 pub(crate) struct Taken {
@@ -189,6 +200,40 @@ pub(crate) async fn take_at_least(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Declares `queue` (durable or not) and binds it to the outcome events'
+/// exchange `sms.events` with `pattern`, as a service that subscribes does.
+pub(crate) async fn bind_to_events(channel: &Channel, queue: &str, pattern: &str, durable: bool) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("declaring {queue}: {e}"));
+    channel
+        .queue_bind(
+            queue.into(),
+            "sms.events".into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("binding {queue} to sms.events with {pattern}: {e}"));
+}
+
+/// A queue of the test's own (not durable) bound to `sms.events` with
+/// `pattern`; returns its name.
+pub(crate) async fn bind_events(channel: &Channel, pattern: &str) -> String {
+    let queue = format!("events-test-{:08x}", fastrand::u32(..));
+    bind_to_events(channel, &queue, pattern, false).await;
+    queue
 }
 
 /// The ready-message count of a queue, via a passive declare.
@@ -281,6 +326,15 @@ impl BrokerNode {
     pub(crate) fn restart(&self) {
         self.launch();
         self.wait_running(Duration::from_secs(90));
+    }
+
+    /// Stops the node cleanly, its whole Erlang VM (as a machine's shutdown
+    /// does), and returns once the process is gone; [`BrokerNode::restart`]
+    /// starts it again on its data.
+    pub(crate) fn stop(&self) {
+        let pid = self.base.join("pid").display().to_string();
+        // With the pid file, rabbitmqctl waits for that process to end.
+        rabbitmqctl(Some(&self.node), &["stop", &pid]);
     }
 
     /// `kill -9` of the node's Erlang VM (the pid its boot wrote to its pid
