@@ -29,6 +29,9 @@ pub(crate) async fn run(config: Config, dry_run: bool, role: Role) -> Result<(),
         let twilio = config.twilio_required()?;
         Gateway::Twilio(TwilioClient::new(twilio).map_err(CliError::runtime)?)
     };
+    // Numbers' regions (abuse limits, the segments' country label) come
+    // from libphonenumber's metadata: loaded now, not on the first job.
+    crate::limits::load_metadata();
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone(), role.consumes());
     let shutdown = Shutdown::new();

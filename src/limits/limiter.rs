@@ -25,8 +25,8 @@ pub(crate) struct Refusal {
 pub(crate) struct Limiter {
     rules: LimitRules,
     fleet: Option<RedisStore>,
-    /// Counters of this process: key → (used, window ends).
-    local: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Counters of this process.
+    local: Mutex<LocalCounters>,
     metrics: Metrics,
 }
 
@@ -42,7 +42,7 @@ impl Limiter {
         Limiter {
             rules,
             fleet,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalCounters::default()),
             metrics,
         }
     }
@@ -141,20 +141,56 @@ impl Limiter {
     fn take_locally(&self, quotas: &[Quota]) -> Option<usize> {
         let now = Instant::now();
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        local.retain(|_, (_, ends)| *ends > now);
+        local.sweep(now);
         for (i, quota) in quotas.iter().enumerate() {
-            let used = local.get(&quota.key).map_or(0, |(used, _)| *used);
-            if used + quota.cost > quota.limit {
+            if local.used(&quota.key, now) + quota.cost > quota.limit {
                 return Some(i);
             }
         }
         for quota in quotas {
-            let entry = local
-                .entry(quota.key.clone())
-                .or_insert((0, now + quota.ttl));
-            entry.0 += quota.cost;
+            local.add(quota, now);
         }
         None
+    }
+}
+
+/// This process's counters: key → (used, window ends). An ended window
+/// counts as empty; ended ones are removed at most once a
+/// [`LocalCounters::SWEEP_EVERY`], not on every take (a scan of every number
+/// seen in the last day, per job, was the worker's biggest cost).
+#[derive(Default)]
+struct LocalCounters {
+    counters: HashMap<String, (u64, Instant)>,
+    next_sweep: Option<Instant>,
+}
+
+impl LocalCounters {
+    const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|at| now < at) {
+            return;
+        }
+        self.counters.retain(|_, (_, ends)| *ends > now);
+        self.next_sweep = Some(now + Self::SWEEP_EVERY);
+    }
+
+    fn used(&self, key: &str, now: Instant) -> u64 {
+        self.counters
+            .get(key)
+            .filter(|(_, ends)| *ends > now)
+            .map_or(0, |(used, _)| *used)
+    }
+
+    fn add(&mut self, quota: &Quota, now: Instant) {
+        let entry = self
+            .counters
+            .entry(quota.key.clone())
+            .or_insert((0, now + quota.ttl));
+        if entry.1 <= now {
+            *entry = (0, now + quota.ttl);
+        }
+        entry.0 += quota.cost;
     }
 }
 
@@ -253,5 +289,35 @@ mod tests {
                 .is_ok(),
             "another /64 counts apart"
         );
+    }
+
+    #[test]
+    fn an_ended_window_counts_as_empty_before_and_after_the_sweep() {
+        let quota = Quota {
+            key: "n:+819012345601".to_owned(),
+            limit: 2,
+            cost: 1,
+            ttl: Duration::from_secs(600),
+        };
+        let start = Instant::now();
+        let mut counters = LocalCounters::default();
+        counters.sweep(start);
+        counters.add(&quota, start);
+        counters.add(&quota, start);
+        assert_eq!(counters.used(&quota.key, start), 2);
+        // The window has ended, but the next sweep is not due: the stale
+        // counter must not count, and a new take starts a new window.
+        let later = start + Duration::from_secs(601);
+        counters.sweep(start + Duration::from_secs(1));
+        assert_eq!(counters.used(&quota.key, later), 0);
+        counters.add(&quota, later);
+        assert_eq!(counters.used(&quota.key, later), 1);
+        assert_eq!(
+            counters.used(&quota.key, later + Duration::from_secs(599)),
+            1
+        );
+        // A due sweep removes what has ended.
+        counters.sweep(later + Duration::from_secs(601));
+        assert!(counters.counters.is_empty());
     }
 }

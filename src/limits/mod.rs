@@ -14,5 +14,5 @@ mod region;
 mod rules;
 
 pub(crate) use limiter::{Limiter, Refusal};
-pub(crate) use region::region_of;
+pub(crate) use region::{load_metadata, region_of};
 pub(crate) use rules::{CountryRule, LimitRules, Window};
