@@ -28,6 +28,7 @@ const PLAIN: &[(&str, Slot)] = &[
     }),
     ("SMS_DISPATCH_REDIS_PREFIX", |r| &mut r.redis_prefix),
     ("SMS_DISPATCH_PUBLIC_URL", |r| &mut r.public_url),
+    ("SMS_DISPATCH_EVENTS", |r| &mut r.events),
     ("SMS_DISPATCH_LIMIT_PER_NUMBER", |r| &mut r.limit_per_number),
     ("SMS_DISPATCH_LIMIT_PER_IP", |r| &mut r.limit_per_ip),
     ("SMS_DISPATCH_COUNTRIES_ALLOW", |r| &mut r.countries_allow),

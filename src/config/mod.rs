@@ -59,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) retry: RetryPolicy,
     /// How long in-flight jobs may take to finish on SIGTERM.
     pub(crate) shutdown_grace: Duration,
+    /// Whether outcome events are published (`SMS_DISPATCH_EVENTS`).
+    pub(crate) events: bool,
     /// Enables `POST /v1/send` when set.
     pub(crate) ingest_token: Option<SecretString>,
     /// `None`: decided by whether the log stream is a terminal.
@@ -132,6 +134,7 @@ impl Config {
             retry: self.retry.clone(),
             default_ttl: self.default_ttl,
             shutdown_grace: self.shutdown_grace,
+            events: self.events,
         })
     }
 }
@@ -270,6 +273,17 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let events = match raw.events.as_ref().map(|e| e.value.as_str()) {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(_) => {
+            return Err(err(
+                key_of(&raw.events, "SMS_DISPATCH_EVENTS"),
+                "must be `on` or `off`",
+                "outcome events (exchange sms.events) are on unless set to `off`",
+            ));
+        }
+    };
     let default_ttl =
         Duration::from_secs(number(source, raw.default_ttl_secs, 600, 1..=MAX_TTL_SECS)?);
     let shutdown_grace =
@@ -364,6 +378,7 @@ fn build(source: &str, raw: Raw) -> Result<Config, ConfigError> {
         default_ttl,
         retry,
         shutdown_grace,
+        events,
         ingest_token: raw
             .ingest_token
             .map(|t| t.value)

@@ -73,6 +73,7 @@ pub(crate) struct Raw {
     pub(crate) shutdown_grace_secs: Option<Sourced<String>>,
     pub(crate) redis_url: Option<Sourced<SecretString>>,
     pub(crate) public_url: Option<Sourced<String>>,
+    pub(crate) events: Option<Sourced<String>>,
     pub(crate) auth_token_previous: Option<Sourced<SecretString>>,
     pub(crate) limit_per_number: Option<Sourced<String>>,
     pub(crate) limit_per_ip: Option<Sourced<String>>,

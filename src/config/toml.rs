@@ -71,6 +71,7 @@ struct TomlAmqp {
     prefetch: Option<i64>,
     queue_type: Option<String>,
     reconnect_deadline_secs: Option<i64>,
+    events: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +179,12 @@ pub(crate) fn read(source: &str, text: &str) -> Result<Raw, ConfigError> {
         shutdown_grace_secs: sourced("shutdown.grace_secs", text(file.shutdown.grace_secs)),
         redis_url: sourced("redis.url", file.redis.url),
         public_url: sourced("http.public_url", file.http.public_url),
+        events: sourced(
+            "amqp.events",
+            file.amqp
+                .events
+                .map(|on| if on { "on" } else { "off" }.to_owned()),
+        ),
         auth_token_previous: sourced("twilio.auth_token_previous", t.auth_token_previous),
         redis_prefix: sourced("redis.prefix", file.redis.prefix),
         limit_per_number: sourced("limits.per_number", listed(file.limits.per_number)),

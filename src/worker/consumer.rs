@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::{Finished, Gateway, Handling, Worker, WorkerSettings};
+use super::{Finished, Gateway, Handling, Worker, WorkerSettings, with_ticket};
 use crate::amqp::{self, Publisher, SharedPublisher, topology};
 use crate::fleet::RedisStore;
 use crate::limits::Limiter;
@@ -164,6 +164,7 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
                 match open_session(&broker, &health, &shared, &shutdown).await {
                     Ok(next) => {
                         session = next;
+                        worker.acks().restart();
                         info!("consuming on a new broker connection");
                     }
                     // A stop asked for during an outage is a stop, not a
@@ -360,7 +361,8 @@ async fn consume_jobs(
     // broker to come back).
     let recovered = |e: lapin::Error| async move {
         tokio::select! {
-            r = channel.wait_for_recovery(e) => r.map(|()| None).map_err(lost),
+            // A recovered channel numbers its deliveries from 1 again.
+            r = channel.wait_for_recovery(e) => r.map(|()| { worker.acks().restart(); None }).map_err(lost),
             () = session.stuck.cancelled() => Ok(Some(SessionEnd::Stuck)),
             () = shutdown.requested() => Ok(Some(SessionEnd::Shutdown)),
         }
@@ -458,11 +460,16 @@ async fn consume_jobs(
     Ok(SessionEnd::Shutdown)
 }
 
+/// Tracks the delivery in the batched acks (in the order the broker sent
+/// it) and handles it in a task of its own.
 fn spawn_job(worker: &Arc<Worker>, tracker: &TaskTracker, delivery: Delivery) {
     let worker = Arc::clone(worker);
-    tracker.spawn(async move {
-        worker.handle_guarded(delivery, Handling::Normal).await;
-    });
+    let ticket = worker.acks().track(&delivery);
+    // Boxed: a job's future is several KiB, and each layer that wraps it
+    // (the tracker, the task) would otherwise copy it.
+    tracker.spawn(Box::pin(async move {
+        with_ticket(ticket, worker.handle_guarded(delivery, Handling::Normal)).await;
+    }));
 }
 
 async fn start_consuming(channel: &Channel) -> Result<Consumer, lapin::Error> {
@@ -508,7 +515,10 @@ async fn probe_until_resumed(
             Err(e) => {
                 warn!(error = %e, "probe: basic.get failed; waiting for the connection");
                 tokio::select! {
-                    r = session.channel.wait_for_recovery(e) => if r.is_err() { return Probe::Stuck },
+                    r = session.channel.wait_for_recovery(e) => match r {
+                        Ok(()) => worker.acks().restart(),
+                        Err(_) => return Probe::Stuck,
+                    },
                     () = session.stuck.cancelled() => return Probe::Stuck,
                     () = shutdown.requested() => return Probe::Shutdown,
                 }
@@ -516,10 +526,13 @@ async fn probe_until_resumed(
             }
         };
         let prober = Arc::clone(worker);
+        let ticket = worker.acks().track(&message.delivery);
         let probe = tracker.spawn(async move {
-            prober
-                .handle_guarded(message.delivery, Handling::Probe)
-                .await
+            with_ticket(
+                ticket,
+                prober.handle_guarded(message.delivery, Handling::Probe),
+            )
+            .await
         });
         match probe.await {
             Ok(Finished::Sent) => {

@@ -13,7 +13,7 @@
 use std::time::SystemTime;
 
 use lapin::message::Delivery;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tracing::warn;
 
 use super::Worker;
@@ -23,8 +23,10 @@ use crate::job::{Job, format_rfc3339};
 
 /// What became of a job, as an event says it.
 pub(super) enum Outcome<'a> {
-    /// Twilio accepted it (or had, as reconciliation found).
-    Sent { message_sid: &'a str },
+    /// Twilio accepted it (or had, as reconciliation found). A redelivery
+    /// of a job sent already is told again (its first event may have been
+    /// lost with the ack), with the SID when the fleet's record has it.
+    Sent { message_sid: Option<&'a str> },
     /// Given up on, with the reason and Twilio's code when it gave one.
     DeadLettered {
         reason: Reason,
@@ -32,41 +34,69 @@ pub(super) enum Outcome<'a> {
     },
 }
 
+/// An event's body (contract section 9), serialised straight to bytes.
+#[derive(Serialize)]
+struct Body<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    to: String,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    twilio_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_sid: Option<&'a str>,
+    attempts: u32,
+    at: String,
+}
+
 /// The routing key and the body of the event for `outcome`.
-fn event(delivery: &Delivery, job: &Job, attempts: u32, outcome: &Outcome<'_>) -> (String, Value) {
+fn event(
+    delivery: &Delivery,
+    job: &Job,
+    attempts: u32,
+    outcome: &Outcome<'_>,
+) -> (String, Vec<u8>) {
     let source = source_word(delivery.properties.app_id().as_ref().map(|a| a.as_str()));
-    let mut body = json!({
-        "id": job.id.as_str(),
-        "type": job.kind.as_str(),
-        "to": job.to.masked(),
-        "attempts": attempts,
-        "at": format_rfc3339(SystemTime::now()),
-    });
+    let mut body = Body {
+        id: job.id.as_str(),
+        kind: job.kind.as_str(),
+        to: job.to.masked().to_string(),
+        outcome: "sent",
+        reason: None,
+        twilio_code: None,
+        message_sid: None,
+        attempts,
+        at: format_rfc3339(SystemTime::now()),
+    };
     let key = match outcome {
         Outcome::Sent { message_sid } => {
-            body["outcome"] = json!("sent");
-            body["message_sid"] = json!(message_sid);
+            body.message_sid = *message_sid;
             format!("{source}.sent")
         }
         Outcome::DeadLettered {
             reason,
             twilio_code,
         } => {
-            body["outcome"] = json!("dead_lettered");
-            body["reason"] = json!(reason.as_str());
-            if let Some(code) = twilio_code {
-                body["twilio_code"] = json!(code);
-            }
+            body.outcome = "dead_lettered";
+            body.reason = Some(reason.as_str());
+            body.twilio_code = *twilio_code;
             format!("{source}.dead_lettered.{}", reason.as_str())
         }
     };
-    (key, body)
+    let bytes = serde_json::to_vec(&body).expect("an event body always serialises");
+    (key, bytes)
 }
 
 impl Worker {
     /// Publishes the event for `outcome` in the background.
     pub(super) fn emit(&self, delivery: &Delivery, job: &Job, attempts: u32, outcome: Outcome<'_>) {
-        let (key, body) = event(delivery, job, attempts, &outcome);
+        if !self.settings.events {
+            return;
+        }
+        let (key, bytes) = event(delivery, job, attempts, &outcome);
         let label = match outcome {
             Outcome::Sent { .. } => "sent",
             Outcome::DeadLettered { .. } => "dead_lettered",
@@ -74,7 +104,6 @@ impl Worker {
         let publisher = self.publisher.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let bytes = body.to_string().into_bytes();
             let result = match publisher.get() {
                 Some(p) if publisher.blocked().is_none() => p
                     .publish_event(&key, &bytes)

@@ -9,6 +9,7 @@
 //! limit, [`pause`] stops consuming on an account fault, and [`recent`]
 //! remembers what this process sent.
 
+mod acks;
 pub(crate) mod consumer;
 mod events;
 mod in_flight;
@@ -38,6 +39,8 @@ use crate::retry::RetryPolicy;
 use crate::templates::Templates;
 use crate::trace_context::TraceParent;
 use crate::twilio::{Accepted, TwilioClient};
+use acks::Acks;
+pub(crate) use acks::with_ticket;
 use in_flight::InFlight;
 use pause::Pause;
 use recent::RecentlySent;
@@ -59,6 +62,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) default_ttl: Duration,
     /// How long jobs in flight may take to finish on SIGTERM.
     pub(crate) shutdown_grace: Duration,
+    /// Whether outcome events are published on `sms.events`.
+    pub(crate) events: bool,
 }
 
 /// How a job leaves the worker's hands.
@@ -134,6 +139,8 @@ pub(crate) struct Worker {
     list_calls: tokio::sync::Semaphore,
     /// The abuse limits (shared with the ingest).
     limiter: Arc<Limiter>,
+    /// Acks, batched.
+    acks: Acks,
 }
 
 impl Worker {
@@ -163,7 +170,13 @@ impl Worker {
             fleet,
             list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
             limiter,
+            acks: Acks::start(prefetch / 4),
         }
+    }
+
+    /// The batched acks (the consumer tracks each delivery in them).
+    pub(crate) fn acks(&self) -> &Acks {
+        &self.acks
     }
 
     /// The pause switch.
@@ -190,11 +203,11 @@ impl Worker {
             Ok(finished) => finished,
             Err(_) if sent.is_marked() => {
                 error!("the job handler panicked after Twilio accepted the job; acking it");
-                settle::ack_after_panic(&acker).await
+                settle::ack_after_panic(&self.acks, &acker).await
             }
             Err(_) => {
                 error!("the job handler panicked; rejecting the job to the dead-letter queue");
-                settle::reject(&acker).await
+                settle::reject(&self.acks, &acker).await
             }
         }
     }
@@ -243,7 +256,7 @@ impl Worker {
         if let Some(parent) = &trace {
             telemetry::set_remote_parent(&span, parent);
         }
-        self.life_of(delivery, job, received, handling, sent)
+        Box::pin(self.life_of(delivery, job, received, handling, sent))
             .instrument(span)
             .await
     }
@@ -264,7 +277,9 @@ impl Worker {
                 store = "memory",
                 "already sent by this worker; acking the redelivery without sending"
             );
-            return self.ack(&delivery, Finished::Duplicate).await;
+            return self
+                .ack_duplicate(&delivery, &job, received.attempts, None)
+                .await;
         }
 
         // 2. Never a stale code.
@@ -313,8 +328,7 @@ impl Worker {
                 )
             }
             Gateway::Twilio(client) => {
-                self.send(client, &delivery.acker, &job, &body, &received, handling)
-                    .await
+                Box::pin(self.send(client, &delivery.acker, &job, &body, &received, handling)).await
             }
         };
 
@@ -356,7 +370,7 @@ impl Worker {
                 let finished = self.ack(&delivery, Finished::Sent).await;
                 if finished == Finished::Sent {
                     let outcome = events::Outcome::Sent {
-                        message_sid: &accepted.sid,
+                        message_sid: Some(&accepted.sid),
                     };
                     self.emit(&delivery, &job, attempts, outcome);
                 }
@@ -376,12 +390,15 @@ impl Worker {
             SendResult::Paused => self.put_back(&delivery, &job, &received).await,
             SendResult::Duplicate(store) => {
                 self.metrics.duplicate(store.as_str());
-                match store {
-                    Store::Memory => info!(
-                        outcome = "duplicate",
-                        store = "memory",
-                        "sent by another delivery of the same job in this worker; acking without sending"
-                    ),
+                let sid = match &store {
+                    Store::Memory => {
+                        info!(
+                            outcome = "duplicate",
+                            store = "memory",
+                            "sent by another delivery of the same job in this worker; acking without sending"
+                        );
+                        None
+                    }
                     Store::Redis { sid } => {
                         tracing::Span::current().record("message_sid", sid.as_str());
                         info!(
@@ -389,9 +406,11 @@ impl Worker {
                             store = "redis",
                             "sent already by the fleet; acking without sending"
                         );
+                        Some(sid.as_str())
                     }
-                }
-                self.ack(&delivery, Finished::Duplicate).await
+                };
+                self.ack_duplicate(&delivery, &job, received.attempts, sid)
+                    .await
             }
             SendResult::SentElsewhere => self.park_while_leased(&delivery, &received).await,
             SendResult::Reconciled(sid, attempts) => {
@@ -406,7 +425,9 @@ impl Worker {
                 );
                 let finished = self.ack(&delivery, Finished::Sent).await;
                 if finished == Finished::Sent {
-                    let outcome = events::Outcome::Sent { message_sid: &sid };
+                    let outcome = events::Outcome::Sent {
+                        message_sid: Some(&sid),
+                    };
                     self.emit(&delivery, &job, attempts, outcome);
                 }
                 finished
@@ -444,6 +465,30 @@ impl Worker {
                 Next::Requeue => self.put_back(&delivery, &job, &received).await,
             },
         }
+    }
+}
+
+impl Worker {
+    /// Acks a redelivery of a job sent already, without sending, and tells
+    /// its source `sent` again: the first event may have been lost with the
+    /// first ack (consumers deduplicate by id and outcome).
+    async fn ack_duplicate(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        attempts: u32,
+        message_sid: Option<&str>,
+    ) -> Finished {
+        let finished = self.ack(delivery, Finished::Duplicate).await;
+        if finished == Finished::Duplicate {
+            self.emit(
+                delivery,
+                job,
+                attempts,
+                events::Outcome::Sent { message_sid },
+            );
+        }
+        finished
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 use lapin::Acker;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use tracing::{error, info, warn};
 
+use super::acks::Acks;
 use super::events::Outcome;
 use super::send::RetryIn;
 use super::{Finished, Worker};
@@ -45,32 +46,39 @@ async fn settle(
 }
 
 /// Puts the delivery back in the queue unchanged (nack, requeue).
-async fn requeue(acker: &Acker) -> Finished {
+async fn requeue(acks: &Acks, acker: &Acker) -> Finished {
     let options = BasicNackOptions {
         requeue: true,
         multiple: false,
     };
     match settle(acker.nack(options)).await {
-        Ok(true) => Finished::Requeued,
+        Ok(true) => {
+            acks.forget();
+            Finished::Requeued
+        }
         Ok(false) | Err(_) => Finished::Abandoned,
     }
 }
 
 /// Rejects the delivery without requeueing: the broker dead-letters it to
 /// `sms.dead` with `x-death` reason `rejected`. For a handler that panicked.
-pub(super) async fn reject(acker: &Acker) -> Finished {
+pub(super) async fn reject(acks: &Acks, acker: &Acker) -> Finished {
     match settle(acker.reject(BasicRejectOptions { requeue: false })).await {
-        Ok(true) => Finished::Panicked,
+        Ok(true) => {
+            acks.forget();
+            Finished::Panicked
+        }
         Ok(false) | Err(_) => Finished::Abandoned,
     }
 }
 
 /// Acks a job whose handler panicked after Twilio accepted it: the job was
 /// sent, and a dead letter would invite a replay that sends it again.
-pub(super) async fn ack_after_panic(acker: &Acker) -> Finished {
-    match settle(acker.ack(BasicAckOptions::default())).await {
-        Ok(true) => Finished::Panicked,
-        Ok(false) | Err(_) => Finished::Abandoned,
+pub(super) async fn ack_after_panic(acks: &Acks, acker: &Acker) -> Finished {
+    if acks.ack(acker).await {
+        Finished::Panicked
+    } else {
+        Finished::Abandoned
     }
 }
 
@@ -87,14 +95,14 @@ pub(super) struct Retry {
 }
 
 impl Worker {
-    /// Acks the delivery; `finished` is what it is reported as.
+    /// Acks the delivery (in the next batch, [`Acks`]); `finished` is what
+    /// it is reported as.
     pub(super) async fn ack(&self, delivery: &Delivery, finished: Finished) -> Finished {
-        match settle(delivery.acker.ack(BasicAckOptions::default())).await {
-            Ok(true) => finished,
-            Ok(false) | Err(_) => {
-                warn!("ack lost with the broker connection; the broker will deliver the job again");
-                Finished::Abandoned
-            }
+        if self.acks.ack(&delivery.acker).await {
+            finished
+        } else {
+            warn!("ack lost with the broker connection; the broker will deliver the job again");
+            Finished::Abandoned
         }
     }
 
@@ -111,7 +119,7 @@ impl Worker {
         received: &Received,
     ) -> Finished {
         if job.expiry_stated || received.first_seen_carried {
-            return requeue(&delivery.acker).await;
+            return requeue(&self.acks, &delivery.acker).await;
         }
         let mut table = headers::without(
             delivery.properties.headers().as_ref(),
@@ -339,7 +347,7 @@ impl Worker {
                     reason = reason.as_str(),
                     exchange, "the broker still blocks publishing; putting the job back"
                 );
-                return Err(requeue(&delivery.acker).await);
+                return Err(requeue(&self.acks, &delivery.acker).await);
             }
             let publisher = match self.publisher.get() {
                 Some(p) if self.publisher.repair().await => self.publisher.get().unwrap_or(p),
@@ -360,7 +368,7 @@ impl Worker {
                 }
                 Err(e @ PublishError::Timeout(_)) => {
                     warn!(error = %e, exchange, routing_key, "unconfirmed publish; putting the job back (it may now be queued twice)");
-                    return Err(requeue(&delivery.acker).await);
+                    return Err(requeue(&self.acks, &delivery.acker).await);
                 }
                 Err(e) => {
                     error!(error = %e, exchange, routing_key, retry_in_ms = wait.as_millis() as u64, "publish failed; holding the job and trying again");
@@ -392,6 +400,6 @@ impl Worker {
         self.health.set_publish_failing(Some(format!(
             "publishing to {exchange} failed {PUBLISH_TRIES} times: {last_error}"
         )));
-        Err(requeue(&delivery.acker).await)
+        Err(requeue(&self.acks, &delivery.acker).await)
     }
 }

@@ -509,3 +509,103 @@ async fn kill_9_with_2000_jobs_in_flight_loses_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_call_holds_no_other_jobs_ack_and_batched_acks_keep_the_channel_open() {
+    within(180, async {
+        // Acks go out in batches: the contiguous prefix of finished tags in
+        // one `multiple` ack, every finished tag above a gap on its own. The
+        // first job's call is slow (the fake answers it after 25 s; the
+        // worker's timeout is 120 s), so its tag is the gap below all the
+        // others: they must still be acked, or the prefetch would fill after
+        // 63 of them and the rest would never be sent.
+        let twilio = FakeTwilio::start().await;
+        let slow = TestJob::new(&number(), "SignIn");
+        twilio.script(
+            &slow.to,
+            [Reply::created().with_latency(Duration::from_secs(25))],
+        );
+        let bed = TestBed::start_with(ConfigFile::patient(), twilio, |o| o.prefetch = 64).await;
+        bed.publish(&slow).await;
+        eventually(SECS, "the slow call in flight", || async {
+            (bed.twilio.in_flight() == 1).then_some(())
+        })
+        .await;
+        let jobs: Vec<TestJob> = (0..1_000)
+            .map(|_| TestJob::new(&number(), "SignIn"))
+            .collect();
+        bed.vhost.publish_all(&jobs).await;
+        bed.twilio
+            .wait_until(SECS, "the other 1,000 jobs sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= jobs.len()
+            })
+            .await;
+        // Every other delivery was acked while the slow one still waits: the
+        // broker holds one unacked message, and the worker one job.
+        let unacked = eventually(SECS, "one unacked message left", || async {
+            let out = rabbitmqctl(
+                None,
+                &[
+                    "list_queues",
+                    "-p",
+                    &bed.vhost.name,
+                    "-q",
+                    "--no-table-headers",
+                    "name",
+                    "messages_unacknowledged",
+                ],
+            );
+            let unacked: u64 = out
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .find(|(name, _)| name.trim() == "sms.send")
+                .and_then(|(_, n)| n.trim().parse().ok())
+                .unwrap_or(u64::MAX);
+            (unacked == 1).then_some(unacked)
+        })
+        .await;
+        assert_eq!(unacked, 1);
+        assert_eq!(
+            metric(&bed.worker.metrics().await, "sms_in_flight", ""),
+            Some(1.0)
+        );
+        // The slow call ends; everything is sent once, nothing dead-lettered,
+        // and the channel was never closed by an ack of an unknown tag.
+        bed.twilio
+            .wait_until(Duration::from_secs(60), "the slow job sent", |r| {
+                r.iter().any(|r| r.status == 201 && r.to() == slow.to)
+            })
+            .await;
+        // Then 2,000 more, one in seven a little slower: gaps open and
+        // close all the time, so multiple acks and single ones interleave.
+        let more: Vec<TestJob> = (0..2_000)
+            .map(|_| TestJob::new(&number(), "SignIn"))
+            .collect();
+        for job in more.iter().step_by(7) {
+            bed.twilio.script(
+                &job.to,
+                [Reply::created().with_latency(Duration::from_millis(30))],
+            );
+        }
+        bed.vhost.publish_all(&more).await;
+        bed.twilio
+            .wait_until(Duration::from_secs(90), "every job sent", |r| {
+                r.iter().filter(|r| r.status == 201).count() >= 1 + jobs.len() + more.len()
+            })
+            .await;
+        bed.wait_drained(SECS).await;
+        let counts = accepted_per_number(&bed.twilio);
+        assert_eq!(counts.len(), 1 + jobs.len() + more.len(), "every job sent");
+        assert!(counts.values().all(|&n| n == 1), "a job sent twice");
+        assert_eq!(ready(&bed.channel, "sms.dead").await, 0);
+        let logs = bed.worker.finish().await;
+        assert!(
+            !logs.iter().any(|l| l["message"] == "Channel closed"
+                || l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("consumer interrupted"))),
+            "the consuming channel was closed"
+        );
+    })
+    .await;
+}
