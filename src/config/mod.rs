@@ -734,6 +734,7 @@ request_timeout_ms = 5000
 
 [amqp]
 prefetch = 100
+events = false
 queue_type = "classic"
 
 [retry]
@@ -752,6 +753,7 @@ content = "Welcome! {{{{code}}}}"
         assert_eq!(twilio.sender, Sender::From("+15005550006".to_owned()));
         assert_eq!(twilio.request_timeout, Duration::from_secs(5));
         assert_eq!(config.broker.prefetch, 100);
+        assert!(!config.events, "amqp.events = false");
         assert_eq!(config.broker.queue_type, QueueType::Classic);
         assert_eq!(config.retry.max_attempts, 3);
         assert_eq!(config.templates.all()[0].locale(), Some("en-US"));
@@ -787,6 +789,9 @@ content = "Welcome! {{{{code}}}}"
         assert_eq!(config.http_addr.port(), 0);
         assert_eq!(config.log_format, Some(LogFormat::Json));
         assert!(config.ingest_token.is_some());
+        assert!(config.events, "outcome events are on unless turned off");
+        let off = load(Some(&f.0), &[("SMS_DISPATCH_EVENTS", "off")]).unwrap();
+        assert!(!off.events);
     }
 
     #[test]
@@ -866,6 +871,12 @@ content = "Welcome! {{{{code}}}}"
                 "toml",
                 vec![],
                 "amqp.url",
+            ),
+            (
+                logto_json(),
+                "json",
+                vec![("SMS_DISPATCH_EVENTS", "no")],
+                "SMS_DISPATCH_EVENTS",
             ),
             (
                 logto_json(),
