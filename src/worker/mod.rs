@@ -141,6 +141,8 @@ pub(crate) struct Worker {
     limiter: Arc<Limiter>,
     /// Acks, batched.
     acks: Acks,
+    /// Outcome events on their way out.
+    events: events::EventSink,
 }
 
 impl Worker {
@@ -155,6 +157,7 @@ impl Worker {
         limiter: Arc<Limiter>,
     ) -> Worker {
         let prefetch = usize::from(settings.broker.prefetch);
+        let events = events::EventSink::start(publisher.clone(), metrics.clone());
         Worker {
             settings,
             gateway,
@@ -171,6 +174,8 @@ impl Worker {
             list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
             limiter,
             acks: Acks::start(prefetch / 4),
+            events,
+
         }
     }
 
