@@ -19,10 +19,10 @@ use tracing::warn;
 
 use super::Worker;
 use crate::amqp::SharedPublisher;
-use crate::observe::metrics::Metrics;
 use crate::amqp::dead_letter::Reason;
 use crate::amqp::source_word;
 use crate::job::{Job, format_rfc3339};
+use crate::observe::metrics::Metrics;
 
 /// What became of a job, as an event says it.
 pub(super) enum Outcome<'a> {

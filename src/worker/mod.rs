@@ -175,7 +175,6 @@ impl Worker {
             limiter,
             acks: Acks::start(prefetch / 4),
             events,
-
         }
     }
 
