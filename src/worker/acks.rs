@@ -38,6 +38,7 @@ use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio::sync::{Notify, oneshot};
+use tracing::error;
 
 /// How long a finished delivery may wait for others to share its ack.
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(2);
@@ -62,6 +63,16 @@ tokio::task_local! {
 /// Runs `handling` (the life of one delivery) with its ticket.
 pub(crate) async fn with_ticket<F: Future>(ticket: Ticket, handling: F) -> F::Output {
     TICKET.scope(ticket, handling).await
+}
+
+/// Where an ack goes.
+enum Place {
+    /// In the next batch; the answer says whether it went out.
+    Batched(oneshot::Receiver<bool>, usize),
+    /// On its own, now: no ticket, or one of an earlier generation.
+    Alone,
+    /// Nowhere: the delivery was settled already.
+    Settled,
 }
 
 /// A finished delivery waiting for its ack to go out.
@@ -156,10 +167,16 @@ impl Acks {
     /// once on its own. `true` when the ack went out.
     pub(crate) async fn ack(&self, acker: &Acker) -> bool {
         let ticket = TICKET.try_with(|t| *t).ok();
-        let waiting = ticket.and_then(|ticket| {
-            self.with(|s| {
-                if ticket.generation != s.generation || !s.pending.remove(&ticket.tag) {
-                    return None;
+        let place = match ticket {
+            None => Place::Alone,
+            Some(ticket) => self.with(|s| {
+                if ticket.generation != s.generation {
+                    return Place::Alone;
+                }
+                if !s.pending.remove(&ticket.tag) {
+                    // Settled already: a multiple ack may have covered it,
+                    // and a second frame for it would close the channel.
+                    return Place::Settled;
                 }
                 let (reply, answer) = oneshot::channel();
                 s.done.insert(
@@ -169,18 +186,39 @@ impl Acks {
                         reply,
                     },
                 );
-                Some((answer, s.done.len()))
-            })
-        });
-        match waiting {
-            Some((answer, waiting)) => {
+                Place::Batched(answer, s.done.len())
+            }),
+        };
+        match place {
+            Place::Batched(answer, waiting) => {
                 if waiting == 1 || waiting >= self.batch {
                     self.wake.notify_one();
                 }
-                answer.await.unwrap_or(false)
+                // Bounded: a flusher that is gone must not hold the job for
+                // ever (it is then left to the broker).
+                tokio::time::timeout(2 * ACK_TIMEOUT, answer)
+                    .await
+                    .is_ok_and(|answer| answer.unwrap_or(false))
             }
-            None => ack_one(acker).await,
+            Place::Alone => ack_one(acker).await,
+            Place::Settled => {
+                error!("a delivery was settled twice (a bug); not sending a second frame");
+                false
+            }
         }
+    }
+
+    /// Whether the current task's delivery was acked, nacked or rejected
+    /// already (in this generation): after a panic, the guard must not
+    /// settle it again.
+    pub(crate) fn settled(&self) -> bool {
+        TICKET.try_with(|t| *t).is_ok_and(|ticket| {
+            self.with(|s| {
+                ticket.generation == s.generation
+                    && ticket.tag <= s.last_tag
+                    && !s.pending.contains(&ticket.tag)
+            })
+        })
     }
 
     /// Notes that the current task's delivery was settled another way (a
@@ -223,10 +261,11 @@ impl Acks {
         // One by one, in order, each sent before any later flush's multiple
         // ack (which would cover a tag still waiting for its own frame, and
         // the broker closes the channel on an ack of an unknown tag).
-        ack_each(above).await;
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        ack_each(above, deadline).await;
         if let Some((_, last)) = prefix.iter().next_back() {
-            let sent = tokio::time::timeout(
-                ACK_TIMEOUT,
+            let sent = tokio::time::timeout_at(
+                deadline,
                 last.acker.ack(BasicAckOptions { multiple: true }),
             )
             .await;
@@ -238,10 +277,14 @@ impl Acks {
     }
 }
 
-/// Acks each on its own, in tag order.
-async fn ack_each(done: BTreeMap<u64, Done>) {
+/// Acks each on its own, in tag order, all by `deadline` (a stalled socket
+/// must not hold a flush for a timeout per ack).
+async fn ack_each(done: BTreeMap<u64, Done>, deadline: tokio::time::Instant) {
     for (_, done) in done {
-        let sent = ack_one(&done.acker).await;
+        let sent = matches!(
+            tokio::time::timeout_at(deadline, done.acker.ack(BasicAckOptions::default())).await,
+            Ok(Ok(true))
+        );
         let _ = done.reply.send(sent);
     }
 }
@@ -250,7 +293,7 @@ async fn ack_each(done: BTreeMap<u64, Done>) {
 /// their own (their channel is gone, or is not the one batched now).
 fn ack_old(done: BTreeMap<u64, Done>) {
     if !done.is_empty() {
-        tokio::spawn(ack_each(done));
+        tokio::spawn(ack_each(done, tokio::time::Instant::now() + ACK_TIMEOUT));
     }
 }
 
@@ -260,4 +303,55 @@ async fn ack_one(acker: &Acker) -> bool {
         tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await,
         Ok(Ok(true))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(tag: u64) -> Delivery {
+        Delivery::mock(tag, "sms".into(), "send".into(), false, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_acked_once_and_never_settled_again() {
+        let acks = Acks::start(16);
+        let (one, two) = (delivery(1), delivery(2));
+        let (t1, t2) = (acks.track(&one), acks.track(&two));
+        // Delivery 1 still in hand: 2 is above the gap and goes on its own.
+        assert!(with_ticket(t2, acks.ack(&two.acker)).await);
+        assert!(with_ticket(t2, async { acks.settled() }).await);
+        assert!(!with_ticket(t1, async { acks.settled() }).await);
+        // A second settlement of 2 (a panic after its ack) sends nothing.
+        assert!(!with_ticket(t2, acks.ack(&two.acker)).await);
+        assert!(with_ticket(t1, acks.ack(&one.acker)).await);
+    }
+
+    #[tokio::test]
+    async fn a_new_channel_starts_a_new_generation() {
+        let acks = Acks::start(16);
+        let old = delivery(7);
+        let old_ticket = acks.track(&old);
+        // The broker numbers a recovered channel from 1 again.
+        let new = delivery(1);
+        let new_ticket = acks.track(&new);
+        assert_ne!(old_ticket.generation, new_ticket.generation);
+        // The old delivery is no longer batched: it is acked on its own
+        // acker (a real one, poisoned with its channel, would send nothing).
+        assert!(!with_ticket(old_ticket, async { acks.settled() }).await);
+        assert!(with_ticket(old_ticket, acks.ack(&old.acker)).await);
+        assert!(with_ticket(new_ticket, acks.ack(&new.acker)).await);
+        assert!(with_ticket(new_ticket, async { acks.settled() }).await);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_delivery_no_longer_stops_the_prefix() {
+        let acks = Acks::start(16);
+        let (one, two) = (delivery(1), delivery(2));
+        let (t1, t2) = (acks.track(&one), acks.track(&two));
+        with_ticket(t1, async { acks.forget() }).await;
+        assert!(with_ticket(t1, async { acks.settled() }).await);
+        assert!(with_ticket(t2, acks.ack(&two.acker)).await);
+        assert!(acks.with(|s| s.pending.is_empty() && s.done.is_empty()));
+    }
 }

@@ -361,7 +361,10 @@ async fn consume_jobs(
     // broker to come back).
     let recovered = |e: lapin::Error| async move {
         tokio::select! {
-            // A recovered channel numbers its deliveries from 1 again.
+            // A recovered channel numbers its deliveries from 1 again. (lapin
+            // recovers a connection without failing the consumer's stream;
+            // then `Acks::track` sees the tags start again. This covers a
+            // consume, cancel or get call that failed and waited here.)
             r = channel.wait_for_recovery(e) => r.map(|()| { worker.acks().restart(); None }).map_err(lost),
             () = session.stuck.cancelled() => Ok(Some(SessionEnd::Stuck)),
             () = shutdown.requested() => Ok(Some(SessionEnd::Shutdown)),

@@ -205,6 +205,12 @@ impl Worker {
         self.metrics.in_flight.dec();
         match outcome {
             Ok(finished) => finished,
+            Err(_) if self.acks.settled() => {
+                // Acked (maybe by a multiple ack), nacked or rejected before
+                // the panic: a second frame would close the channel.
+                error!("the job handler panicked after its delivery was settled");
+                Finished::Panicked
+            }
             Err(_) if sent.is_marked() => {
                 error!("the job handler panicked after Twilio accepted the job; acking it");
                 settle::ack_after_panic(&self.acks, &acker).await
