@@ -38,25 +38,6 @@ pub enum PublishError {
 /// (the caller then leaves the original unacked, so nothing is lost).
 pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What a confirm says: safe, unroutable (a mandatory message came back) or
-/// refused.
-fn settled(
-    confirmation: Confirmation,
-    exchange: &str,
-    routing_key: &str,
-) -> Result<(), PublishError> {
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Unroutable {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-        }),
-        Confirmation::Nack(None) => Err(PublishError::Nacked),
-        // The channel is in confirm mode; this would be a bug in lapin.
-        Confirmation::NotRequested => Err(PublishError::Nacked),
-    }
-}
-
 /// A confirm-mode channel for publishing.
 #[derive(Clone)]
 pub struct Publisher {
@@ -137,47 +118,18 @@ impl Publisher {
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
             .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
-        settled(confirmation, exchange, routing_key)
-    }
-
-    /// Publishes outcome events back to back (their frames share the
-    /// socket's writes), then waits for each one's confirm. Not mandatory,
-    /// like [`Publisher::publish_event`]. One result per event, in order.
-    pub(crate) async fn publish_events(
-        &self,
-        events: &[(String, Vec<u8>)],
-    ) -> Vec<Result<(), PublishError>> {
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        let mut confirms = Vec::with_capacity(events.len());
-        for (key, body) in events {
-            let published = self
-                .channel
-                .basic_publish(
-                    topology::EVENTS_EXCHANGE.into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
-                )
-                .await;
-            confirms.push(published);
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(PublishError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            // The channel is in confirm mode; this would be a bug in lapin.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
         }
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        let mut results = Vec::with_capacity(events.len());
-        for ((key, _), published) in events.iter().zip(confirms) {
-            let result = match published {
-                Err(e) => Err(PublishError::Amqp(e)),
-                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                    Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
-                    Ok(Err(e)) => Err(PublishError::Amqp(e)),
-                    Ok(Ok(confirmation)) => settled(confirmation, topology::EVENTS_EXCHANGE, key),
-                },
-            };
-            results.push(result);
-        }
-        results
     }
 
     /// Publishes a new job to `sms`/`send` (persistent, JSON, with its id as

@@ -3,10 +3,9 @@
 //! job's source (its AMQP `app_id`; `ingest` for `POST /v1/send`, else
 //! `default`), so a service binds to its own (`billing.#`).
 //!
-//! An event is queued after the outcome is safe (the ack, or the dead
-//! letter's confirm) and published by the worker's one event task
-//! ([`EventSink`]), with a confirm, in batches of what is waiting: it never
-//! delays or repeats a send. One that cannot be published is logged and counted
+//! An event is published after the outcome is safe (the ack, or the dead
+//! letter's confirm), in a task of its own, with a confirm: it never delays
+//! or repeats a send. One that cannot be published is logged and counted
 //! (`sms_events_published_total{outcome="failed"}`), never retried; events
 //! may repeat (a redelivery) or, rarely, be lost: consumers deduplicate by
 //! (`id`, `outcome`).
@@ -18,11 +17,9 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::Worker;
-use crate::amqp::SharedPublisher;
 use crate::amqp::dead_letter::Reason;
 use crate::amqp::source_word;
 use crate::job::{Job, format_rfc3339};
-use crate::observe::metrics::Metrics;
 
 /// What became of a job, as an event says it.
 pub(super) enum Outcome<'a> {
@@ -93,73 +90,8 @@ fn event(
     (key, bytes)
 }
 
-/// An event on its way out.
-struct Pending {
-    key: String,
-    bytes: Vec<u8>,
-    /// `sent` or `dead_lettered`, for `sms_events_published_total`.
-    label: &'static str,
-}
-
-/// Most events published in one go.
-const BATCH: usize = 256;
-
-/// Where a worker's events go: one task that takes every event waiting,
-/// publishes them back to back on the shared publisher (their frames share
-/// the socket's writes), then waits for their confirms. A job's task only
-/// queues its event; nothing it does waits for it.
-#[derive(Clone)]
-pub(super) struct EventSink {
-    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
-}
-
-impl EventSink {
-    /// Starts the publishing task.
-    pub(super) fn start(publisher: SharedPublisher, metrics: Metrics) -> EventSink {
-        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            while waiting.recv_many(&mut batch, BATCH).await > 0 {
-                publish(&publisher, &metrics, std::mem::take(&mut batch)).await;
-            }
-        });
-        EventSink { queue }
-    }
-}
-
-/// Publishes `batch`, counting and logging each outcome.
-async fn publish(publisher: &SharedPublisher, metrics: &Metrics, batch: Vec<Pending>) {
-    let (events, labels): (Vec<(String, Vec<u8>)>, Vec<&'static str>) = batch
-        .into_iter()
-        .map(|e| ((e.key, e.bytes), e.label))
-        .unzip();
-    let results: Vec<Result<(), String>> = match publisher.get() {
-        Some(p) if publisher.blocked().is_none() => p
-            .publish_events(&events)
-            .await
-            .into_iter()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .collect(),
-        Some(_) => vec![Err("the broker blocks publishing".to_owned()); events.len()],
-        None => vec![Err("not connected to the broker".to_owned()); events.len()],
-    };
-    for (((key, _), label), result) in events.iter().zip(labels).zip(results) {
-        match result {
-            Ok(()) => metrics.event_published(label),
-            Err(error) => {
-                metrics.event_published("failed");
-                warn!(
-                    routing_key = key.as_str(),
-                    error = error.as_str(),
-                    "an outcome event could not be published; it is lost (the job's outcome stands)"
-                );
-            }
-        }
-    }
-}
-
 impl Worker {
-    /// Queues the event for `outcome`; [`EventSink`] publishes it.
+    /// Publishes the event for `outcome` in the background.
     pub(super) fn emit(&self, delivery: &Delivery, job: &Job, attempts: u32, outcome: Outcome<'_>) {
         if !self.settings.events {
             return;
@@ -169,7 +101,28 @@ impl Worker {
             Outcome::Sent { .. } => "sent",
             Outcome::DeadLettered { .. } => "dead_lettered",
         };
-        // The sink's task lives as long as the worker's runtime.
-        let _ = self.events.queue.send(Pending { key, bytes, label });
+        let publisher = self.publisher.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let result = match publisher.get() {
+                Some(p) if publisher.blocked().is_none() => p
+                    .publish_event(&key, &bytes)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(_) => Err("the broker blocks publishing".to_owned()),
+                None => Err("not connected to the broker".to_owned()),
+            };
+            match result {
+                Ok(()) => metrics.event_published(label),
+                Err(error) => {
+                    metrics.event_published("failed");
+                    warn!(
+                        routing_key = key.as_str(),
+                        error = error.as_str(),
+                        "an outcome event could not be published; it is lost (the job's outcome stands)"
+                    );
+                }
+            }
+        });
     }
 }

@@ -141,8 +141,6 @@ pub(crate) struct Worker {
     limiter: Arc<Limiter>,
     /// Acks, batched.
     acks: Acks,
-    /// Outcome events on their way out.
-    events: events::EventSink,
 }
 
 impl Worker {
@@ -157,7 +155,6 @@ impl Worker {
         limiter: Arc<Limiter>,
     ) -> Worker {
         let prefetch = usize::from(settings.broker.prefetch);
-        let events = events::EventSink::start(publisher.clone(), metrics.clone());
         Worker {
             settings,
             gateway,
@@ -174,7 +171,6 @@ impl Worker {
             list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
             limiter,
             acks: Acks::start(prefetch / 4),
-            events,
         }
     }
 
