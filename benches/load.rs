@@ -11,6 +11,8 @@
 //! `BENCH_WRAP="valgrind --tool=massif"` (it is stopped with SIGTERM, so the
 //! profiler writes its report), and `BENCH_ONLY` to the figures to measure
 //! (`limit,instant,slow,latency,redis,events,fleet`).
+//! `TOKIO_WORKER_THREADS`, when set, is passed on to the workers (tokio's
+//! own setting), to compare runtime sizes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
