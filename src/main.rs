@@ -1,21 +1,41 @@
 //! The `sms-dispatch` binary: parse the command line, run the command, turn
 //! the outcome into an exit code (0 success, 1 runtime failure, 2 usage or
 //! configuration error). Everything else lives in the library.
+//!
+//! The worker runs on one async thread (tokio's current-thread runtime)
+//! beside lapin's own I/O thread. A job spends almost none of its time
+//! computing and most of it handing work between threads, so a second
+//! scheduler thread costs more in wake-ups and work-stealing than it gains:
+//! measured in `cargo bench --bench load`, the multi-threaded runtime used
+//! 15–20 % more CPU per job for lower throughput (docs/benchmark.md). One
+//! thread serves on the order of 10 000 jobs/s; a deployment that needs more
+//! runs more workers, which scale linearly.
 
 use clap::Parser;
 use sms_dispatch::{Cli, execute};
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    let code = match execute(cli).await {
-        Ok(()) => 0,
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("sms-dispatch: {e}");
-            e.exit_code()
+            eprintln!("sms-dispatch: cannot start the async runtime: {e}");
+            std::process::exit(1);
         }
     };
-    // Exit from inside the runtime: the reconnect thread of a broker
+    let code = runtime.block_on(async {
+        match execute(cli).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("sms-dispatch: {e}");
+                e.exit_code()
+            }
+        }
+    });
+    // Exit without dropping the runtime: the reconnect thread of a broker
     // connection the worker abandoned (see `worker::consumer`) would
     // otherwise panic while the runtime shuts down. Everything worth keeping
     // is written.
