@@ -236,10 +236,7 @@ impl Worker {
                 let span = info_span!("job", attempt = received.attempts + 1);
                 let error = invalid.to_string();
                 let letter = DeadLetter::new(Reason::InvalidJob, &error, &received);
-                return self
-                    .dead_letter(&delivery, letter, None)
-                    .instrument(span)
-                    .await;
+                return Box::pin(self.dead_letter(&delivery, letter, None).instrument(span)).await;
             }
         };
         let trace = received.trace.clone().or_else(|| {
@@ -267,6 +264,12 @@ impl Worker {
             .await
     }
 
+    /// Decode is done; the rest of the job's life. Every branch that leaves
+    /// the happy path (dead letter, park, put back, block, duplicate) and
+    /// every call with a large future is boxed: a future is as large as its
+    /// largest await point, and each of the prefetch's in-flight jobs holds
+    /// one, so an inline dead-letter path cost every job several KiB it
+    /// almost never uses (docs/benchmark.md, peak RSS).
     async fn life_of(
         &self,
         delivery: Delivery,
@@ -283,9 +286,7 @@ impl Worker {
                 store = "memory",
                 "already sent by this worker; acking the redelivery without sending"
             );
-            return self
-                .ack_duplicate(&delivery, &job, received.attempts, None)
-                .await;
+            return Box::pin(self.ack_duplicate(&delivery, &job, received.attempts, None)).await;
         }
 
         // 2. Never a stale code.
@@ -295,7 +296,7 @@ impl Worker {
                 "expired before it could be sent",
                 &received,
             );
-            return self.dead_letter(&delivery, letter, Some(&job)).await;
+            return Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await;
         }
 
         // 3. Choose the template.
@@ -306,7 +307,7 @@ impl Worker {
         else {
             let error = no_template_error(&job);
             let letter = DeadLetter::new(Reason::NoTemplate, &error, &received);
-            return self.dead_letter(&delivery, letter, Some(&job)).await;
+            return Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await;
         };
         let body = template.render(&job.payload);
 
@@ -314,8 +315,8 @@ impl Worker {
         //    admitted already, and so was a job the ingest checked.
         if received.attempts == 0 && !received.admitted {
             let segments = encoding::segments(&body).count as u64;
-            if let Err(refusal) = self.limiter.admit(&job.to, job.ip(), segments).await {
-                return self.block(&delivery, refusal, &received, &job).await;
+            if let Err(refusal) = Box::pin(self.limiter.admit(&job.to, job.ip(), segments)).await {
+                return Box::pin(self.block(&delivery, refusal, &received, &job)).await;
             }
         }
 
@@ -391,9 +392,9 @@ impl Worker {
                         &received,
                     )
                 };
-                self.dead_letter(&delivery, letter, Some(&job)).await
+                Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await
             }
-            SendResult::Paused => self.put_back(&delivery, &job, &received).await,
+            SendResult::Paused => Box::pin(self.put_back(&delivery, &job, &received)).await,
             SendResult::Duplicate(store) => {
                 self.metrics.duplicate(store.as_str());
                 let sid = match &store {
@@ -415,10 +416,11 @@ impl Worker {
                         Some(sid.as_str())
                     }
                 };
-                self.ack_duplicate(&delivery, &job, received.attempts, sid)
-                    .await
+                Box::pin(self.ack_duplicate(&delivery, &job, received.attempts, sid)).await
             }
-            SendResult::SentElsewhere => self.park_while_leased(&delivery, &received).await,
+            SendResult::SentElsewhere => {
+                Box::pin(self.park_while_leased(&delivery, &received)).await
+            }
             SendResult::Reconciled(sid, attempts) => {
                 if job.id_is_distinct {
                     self.recent.insert(&job.id);
@@ -457,7 +459,7 @@ impl Worker {
                         twilio_code: error.twilio_code(),
                         ..DeadLetter::new(reason, &text, &received)
                     };
-                    self.dead_letter(&delivery, letter, Some(&job)).await
+                    Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await
                 }
                 Next::Park { delay, tier } => {
                     let retry = settle::Retry {
@@ -466,9 +468,9 @@ impl Worker {
                         tier,
                         ambiguous_since,
                     };
-                    self.park(&delivery, &received, &error, retry).await
+                    Box::pin(self.park(&delivery, &received, &error, retry)).await
                 }
-                Next::Requeue => self.put_back(&delivery, &job, &received).await,
+                Next::Requeue => Box::pin(self.put_back(&delivery, &job, &received)).await,
             },
         }
     }
