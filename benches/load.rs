@@ -11,8 +11,9 @@
 //! `BENCH_WRAP="valgrind --tool=massif"` (it is stopped with SIGTERM, so the
 //! profiler writes its report), and `BENCH_ONLY` to the figures to measure
 //! (`limit,instant,slow,latency,redis,events,fleet`).
-//! `TOKIO_WORKER_THREADS`, when set, is passed on to the workers (tokio's
-//! own setting), to compare runtime sizes.
+//! `BENCH_ENV_NAME=value` sets `NAME` in the workers' environment, to try a
+//! setting against the same run's baseline (e.g.
+//! `BENCH_ENV_LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -175,17 +176,21 @@ async fn run(sizes: Sizes, quick: bool) {
     //    per-message acks and with batched acks (multiple = true).
     let mut limit = None;
     if wanted("limit") {
-        let single = Stat::of(
-            repeat(runs, || {
-                broker_limit(sizes.instant_jobs, INSTANT_PREFETCH, 1)
-            })
-            .await,
+        let single = repeat(runs, || {
+            broker_limit(sizes.instant_jobs, INSTANT_PREFETCH, 1)
+        })
+        .await;
+        let batched = repeat(runs, || {
+            broker_limit(sizes.instant_jobs, INSTANT_PREFETCH, LIMIT_BATCH)
+        })
+        .await;
+        let (single, single_cpu) = (
+            Stat::of(single.iter().map(|r| r.0).collect()),
+            Stat::of(single.iter().map(|r| r.1).collect()),
         );
-        let batched = Stat::of(
-            repeat(runs, || {
-                broker_limit(sizes.instant_jobs, INSTANT_PREFETCH, LIMIT_BATCH)
-            })
-            .await,
+        let (batched, batched_cpu) = (
+            Stat::of(batched.iter().map(|r| r.0).collect()),
+            Stat::of(batched.iter().map(|r| r.1).collect()),
         );
         println!(
             "broker limit, per-message acks   {} msg/s  ({} messages, prefetch {})",
@@ -194,8 +199,16 @@ async fn run(sizes: Sizes, quick: bool) {
             INSTANT_PREFETCH
         );
         println!(
+            "  do-nothing consumer CPU        {} µs/msg",
+            single_cpu.show(1)
+        );
+        println!(
             "broker limit, acks in batches    {} msg/s  (multiple = true every {LIMIT_BATCH})",
             batched.show(0)
+        );
+        println!(
+            "  do-nothing consumer CPU        {} µs/msg",
+            batched_cpu.show(1)
         );
         limit = Some(single);
     }
@@ -248,6 +261,19 @@ async fn run(sizes: Sizes, quick: bool) {
 
     // 3. The worker with a Twilio that takes 200 ms per call.
     if wanted("slow") {
+        let cycle = Stat::of(
+            repeat(runs, || {
+                broker_cycle(sizes.slow_jobs, SLOW_PREFETCH, 1, TWILIO_LATENCY)
+            })
+            .await
+            .iter()
+            .map(|r| r.0)
+            .collect(),
+        );
+        println!(
+            "broker limit, each held 200 ms   {} msg/s  (prefetch {SLOW_PREFETCH}, per-message acks, no work)",
+            cycle.show(0)
+        );
         let results = repeat(runs, || {
             worker_throughput(sizes.slow_jobs, SLOW_PREFETCH, TWILIO_LATENCY, &[], false)
         })
@@ -514,7 +540,17 @@ async fn publish_all(channel: &Channel, exchange: &str, routing_key: &str, bodie
 
 /// A consumer that does nothing but ack: each message (`batch` 1), or every
 /// `batch` messages with `multiple = true`.
-async fn broker_limit(messages: usize, prefetch: u16, batch: usize) -> f64 {
+/// The broker's limit: messages/s through a consumer that does no work, and
+/// that consumer's CPU per message (this process's, while it consumes: the
+/// fake Twilio in it is idle then), the floor of any lapin consumer.
+async fn broker_limit(messages: usize, prefetch: u16, batch: usize) -> (f64, f64) {
+    broker_cycle(messages, prefetch, batch, Duration::ZERO).await
+}
+
+/// [`broker_limit`] with each message held `hold` before its ack, as a
+/// worker holds it while Twilio answers: with per-message acks, the best
+/// rate the broker allows a consumer at this prefetch and latency.
+async fn broker_cycle(messages: usize, prefetch: u16, batch: usize, hold: Duration) -> (f64, f64) {
     let vhost = Vhost::create();
     let conn = vhost.connect().await;
     let channel = conn.create_channel().await.unwrap();
@@ -553,13 +589,25 @@ async fn broker_limit(messages: usize, prefetch: u16, batch: usize) -> f64 {
         )
         .await
         .unwrap();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut first = None;
+    let mut cpu_at_first = 0.0;
     let mut seen = 0;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.unwrap();
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| {
+            cpu_at_first = cpu_secs_of(std::process::id());
+            Instant::now()
+        });
         seen += 1;
-        if batch <= 1 {
+        if !hold.is_zero() {
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                let _ = done.send(());
+            });
+        } else if batch <= 1 {
             delivery.ack(BasicAckOptions::default()).await.unwrap();
         } else if seen % batch == 0 || seen == messages {
             delivery
@@ -571,9 +619,35 @@ async fn broker_limit(messages: usize, prefetch: u16, batch: usize) -> f64 {
             break;
         }
     }
+    if !hold.is_zero() {
+        drop(done_tx);
+        while done_rx.recv().await.is_some() {}
+    }
     let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let cpu = cpu_secs_of(std::process::id()) - cpu_at_first;
     let _ = conn.close(200, "done".into()).await;
-    (messages.saturating_sub(1)) as f64 / elapsed.as_secs_f64()
+    let counted = messages.saturating_sub(1) as f64;
+    (counted / elapsed.as_secs_f64(), cpu * 1e6 / counted)
+}
+
+/// User + system CPU seconds process `pid` has used so far. A figure that cannot be read
+/// stops the benchmark: a 0 would print as a PASS.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .unwrap_or_else(|| panic!("{path}: no command name"));
+    let field = |n: usize| -> f64 {
+        after
+            .split_whitespace()
+            .nth(n)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: field {n} unreadable"))
+    };
+    // utime and stime, in clock ticks (100 per second on Linux).
+    (field(11) + field(12)) / 100.0
 }
 
 /// A job body like a producer's.
@@ -666,7 +740,13 @@ impl Worker {
             .env("SMS_DISPATCH_COUNTRY_BUDGET_PER_HOUR", "off")
             .env("SMS_DISPATCH_LIMIT_PER_IP", "off")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
+            // `BENCH_ENV_NAME=value` sets NAME for the worker: to try a
+            // setting (an allocator by `LD_PRELOAD`, a log level) against
+            // the same run's baseline.
+            .envs(
+                std::env::vars()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("BENCH_ENV_")?.to_owned(), v))),
+            )
             .stdout(Stdio::from(
                 std::fs::File::create(&log).expect("the worker's log file"),
             ))
@@ -718,24 +798,9 @@ impl Worker {
         }
     }
 
-    /// User + system CPU seconds so far. A figure that cannot be read
-    /// stops the benchmark: a 0 would print as a PASS.
+    /// User + system CPU seconds the worker has used so far.
     fn cpu_secs(&self) -> f64 {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let after = stat
-            .rfind(')')
-            .map(|i| &stat[i + 2..])
-            .unwrap_or_else(|| panic!("{path}: no command name"));
-        let field = |n: usize| -> f64 {
-            after
-                .split_whitespace()
-                .nth(n)
-                .and_then(|x| x.parse().ok())
-                .unwrap_or_else(|| panic!("{path}: field {n} unreadable"))
-        };
-        // utime and stime, in clock ticks (100 per second on Linux).
-        (field(11) + field(12)) / 100.0
+        cpu_secs_of(self.child.id())
     }
 
     /// Peak resident set size, MiB. A figure that cannot be read stops the
