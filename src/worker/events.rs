@@ -4,22 +4,124 @@
 //! `default`), so a service binds to its own (`billing.#`).
 //!
 //! An event is published after the outcome is safe (the ack, or the dead
-//! letter's confirm), in a task of its own, with a confirm: it never delays
+//! letter's confirm), off the job's path, with a confirm: it never delays
 //! or repeats a send. One that cannot be published is logged and counted
 //! (`sms_events_published_total{outcome="failed"}`), never retried; events
 //! may repeat (a redelivery) or, rarely, be lost: consumers deduplicate by
 //! (`id`, `outcome`).
+//!
+//! Jobs queue their events; one task takes whatever has queued since its
+//! last turn and publishes it as a batch, every publish of the batch polled
+//! together, so their frames reach lapin's I/O thread in one hand-over and
+//! their confirms come back in one wake-up. Each event is still published
+//! and confirmed on its own (a failure is that event's alone); only the
+//! hand-overs between threads are shared. Nothing waits to fill a batch:
+//! at a low rate a batch is one event.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use lapin::message::Delivery;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::Worker;
+use crate::amqp::SharedPublisher;
 use crate::amqp::dead_letter::Reason;
 use crate::amqp::source_word;
 use crate::job::{Job, format_rfc3339};
+use crate::observe::metrics::Metrics;
+
+/// The most events one batch publishes.
+const MAX_BATCH: usize = 256;
+
+/// One event on its way: routing key, body, and its outcome's metric label.
+struct Pending {
+    key: String,
+    bytes: Vec<u8>,
+    label: &'static str,
+}
+
+/// The queue jobs put their events in; its task starts with the first event.
+#[derive(Default)]
+pub(super) struct EventQueue {
+    sender: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+impl EventQueue {
+    fn push(&self, event: Pending, publisher: &SharedPublisher, metrics: &Metrics) {
+        let sender = self.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(publish_batches(receiver, publisher.clone(), metrics.clone()));
+            sender
+        });
+        // The task ends only with the runtime: a send cannot fail before.
+        let _ = sender.send(event);
+    }
+}
+
+/// Takes what has queued and publishes it as one batch, in a task of its
+/// own so the next batch need not wait for this one's confirms.
+async fn publish_batches(
+    mut receiver: mpsc::UnboundedReceiver<Pending>,
+    publisher: SharedPublisher,
+    metrics: Metrics,
+) {
+    let mut batch = Vec::new();
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let events = std::mem::take(&mut batch);
+        tokio::spawn(publish_batch(events, publisher.clone(), metrics.clone()));
+    }
+}
+
+/// Publishes every event of `events` at once and waits for all confirms.
+async fn publish_batch(events: Vec<Pending>, publisher: SharedPublisher, metrics: Metrics) {
+    let mut publishes: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = events
+        .into_iter()
+        .map(|event| {
+            Box::pin(publish_one(event, &publisher, &metrics))
+                as Pin<Box<dyn Future<Output = ()> + Send + '_>>
+        })
+        .collect();
+    // Poll every publish on each wake-up: they go out together and their
+    // confirms (often one `multiple` confirm) finish them together.
+    std::future::poll_fn(|cx| {
+        publishes.retain_mut(|publish| publish.as_mut().poll(cx).is_pending());
+        if publishes.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Publishes one event and counts (or logs) how it went.
+async fn publish_one(event: Pending, publisher: &SharedPublisher, metrics: &Metrics) {
+    let result = match publisher.get() {
+        Some(p) if publisher.blocked().is_none() => p
+            .publish_event(&event.key, &event.bytes)
+            .await
+            .map_err(|e| e.to_string()),
+        Some(_) => Err("the broker blocks publishing".to_owned()),
+        None => Err("not connected to the broker".to_owned()),
+    };
+    match result {
+        Ok(()) => metrics.event_published(event.label),
+        Err(error) => {
+            metrics.event_published("failed");
+            warn!(
+                routing_key = event.key.as_str(),
+                error = error.as_str(),
+                "an outcome event could not be published; it is lost (the job's outcome stands)"
+            );
+        }
+    }
+}
 
 /// What became of a job, as an event says it.
 pub(super) enum Outcome<'a> {
@@ -91,7 +193,7 @@ fn event(
 }
 
 impl Worker {
-    /// Publishes the event for `outcome` in the background.
+    /// Queues the event for `outcome`; it is published in the background.
     pub(super) fn emit(&self, delivery: &Delivery, job: &Job, attempts: u32, outcome: Outcome<'_>) {
         if !self.settings.events {
             return;
@@ -101,28 +203,7 @@ impl Worker {
             Outcome::Sent { .. } => "sent",
             Outcome::DeadLettered { .. } => "dead_lettered",
         };
-        let publisher = self.publisher.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let result = match publisher.get() {
-                Some(p) if publisher.blocked().is_none() => p
-                    .publish_event(&key, &bytes)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Some(_) => Err("the broker blocks publishing".to_owned()),
-                None => Err("not connected to the broker".to_owned()),
-            };
-            match result {
-                Ok(()) => metrics.event_published(label),
-                Err(error) => {
-                    metrics.event_published("failed");
-                    warn!(
-                        routing_key = key.as_str(),
-                        error = error.as_str(),
-                        "an outcome event could not be published; it is lost (the job's outcome stands)"
-                    );
-                }
-            }
-        });
+        let event = Pending { key, bytes, label };
+        self.events.push(event, &self.publisher, &self.metrics);
     }
 }

@@ -141,6 +141,8 @@ pub(crate) struct Worker {
     limiter: Arc<Limiter>,
     /// Acks, batched.
     acks: Acks,
+    /// Outcome events, published in batches.
+    events: events::EventQueue,
 }
 
 impl Worker {
@@ -171,6 +173,7 @@ impl Worker {
             list_calls: tokio::sync::Semaphore::new(reconcile::LIST_CALLS),
             limiter,
             acks: Acks::start(prefetch / 4),
+            events: events::EventQueue::default(),
         }
     }
 
