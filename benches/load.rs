@@ -318,6 +318,16 @@ async fn run(sizes: Sizes, quick: bool) {
 
     // 4. End-to-end latency at a fixed offered rate.
     if wanted("latency") {
+        let broker = repeat(runs, || {
+            broker_latency(OFFERED_RATE, sizes.latency_secs, INSTANT_PREFETCH)
+        })
+        .await;
+        println!(
+            "latency at {OFFERED_RATE}/s, broker alone     p50 {} ms  p99 {} ms  max {} ms  (publish → a consumer that does no work)",
+            Stat::of(broker.iter().map(|l| l.p50_ms).collect()).show(2),
+            Stat::of(broker.iter().map(|l| l.p99_ms).collect()).show(2),
+            Stat::of(broker.iter().map(|l| l.max_ms).collect()).show(2),
+        );
         let results = repeat(runs, || {
             latency_at_rate(OFFERED_RATE, sizes.latency_secs, INSTANT_PREFETCH)
         })
@@ -994,6 +1004,117 @@ struct Latency {
     p99_ms: f64,
     max_ms: f64,
     peak_rss_mib: f64,
+}
+
+/// The broker's share of the latency: messages published at `rate`/s (with
+/// confirms, as the latency run does) to a quorum queue, each timed from
+/// publish to its delivery to a consumer that does no work but ack it.
+async fn broker_latency(rate: u64, secs: u64, prefetch: u16) -> Latency {
+    let vhost = Vhost::create();
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            "bench.latency".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let consumer_conn = vhost.connect().await;
+    let consume = consumer_conn.create_channel().await.unwrap();
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            "bench.latency".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let jobs = (rate * secs) as usize;
+    let received = tokio::spawn(async move {
+        let mut at = vec![None; jobs];
+        let mut seen = 0;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.unwrap();
+            let now = Instant::now();
+            let i: usize = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|id| id.as_str().parse().ok())
+                .unwrap();
+            at[i] = Some(now);
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            seen += 1;
+            if seen == jobs {
+                break;
+            }
+        }
+        at
+    });
+    let mut sent_at = Vec::with_capacity(jobs);
+    let mut confirms = Vec::with_capacity(jobs);
+    let start = tokio::time::Instant::now();
+    for i in 0..jobs {
+        tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
+        let body = job_body(i, "+819100000000");
+        sent_at.push(Instant::now());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                "bench.latency".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(i.to_string().into()),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let at = tokio::time::timeout(Duration::from_secs(120), received)
+        .await
+        .expect("the consumer did not receive every message")
+        .unwrap();
+    let mut latencies: Vec<f64> = at
+        .iter()
+        .zip(&sent_at)
+        .map(|(got, sent)| got.unwrap().duration_since(*sent).as_secs_f64() * 1e3)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let q = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let result = Latency {
+        jobs,
+        p50_ms: q(0.50),
+        p99_ms: q(0.99),
+        max_ms: *latencies.last().unwrap(),
+        peak_rss_mib: 0.0,
+    };
+    let _ = consumer_conn.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    result
 }
 
 /// Publishes at `rate` jobs/s to a ready worker and measures each job from
