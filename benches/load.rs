@@ -11,8 +11,9 @@
 //! `BENCH_WRAP="valgrind --tool=massif"` (it is stopped with SIGTERM, so the
 //! profiler writes its report), and `BENCH_ONLY` to the figures to measure
 //! (`limit,instant,slow,latency,redis,events,fleet`).
-//! `BENCH_ENV_NAME=value` sets `NAME` in the workers' environment, to try a
-//! setting against the same run's baseline (e.g.
+//! `BENCH_WORKER=path` measures another build of the worker (to compare two
+//! builds minutes apart); `BENCH_ENV_NAME=value` sets `NAME` in the workers'
+//! environment, to try a setting against the same run's baseline (e.g.
 //! `BENCH_ENV_LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`).
 
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,13 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_sms-dispatch");
+
+/// The worker binary to measure: this build's, or `BENCH_WORKER` (another
+/// build, e.g. the last release's, to compare two builds on the same machine
+/// minutes apart).
+fn worker_binary() -> String {
+    std::env::var("BENCH_WORKER").unwrap_or_else(|_| WORKER.to_owned())
+}
 
 /// How big each measurement is.
 struct Sizes {
@@ -730,10 +738,10 @@ impl Worker {
             Some(w) => {
                 let mut parts = w.split_whitespace();
                 let mut c = Command::new(parts.next().unwrap());
-                c.args(parts).arg(WORKER);
+                c.args(parts).arg(worker_binary());
                 c
             }
-            None => Command::new(WORKER),
+            None => Command::new(worker_binary()),
         };
         let child = cmd
             .arg("run")

@@ -56,7 +56,11 @@ impl EventQueue {
     fn push(&self, event: Pending, publisher: &SharedPublisher, metrics: &Metrics) {
         let sender = self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(publish_batches(receiver, publisher.clone(), metrics.clone()));
+            tokio::spawn(publish_batches(
+                receiver,
+                publisher.clone(),
+                metrics.clone(),
+            ));
             sender
         });
         // The task ends only with the runtime: a send cannot fail before.
