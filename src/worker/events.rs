@@ -12,11 +12,11 @@
 //!
 //! Jobs queue their events; one task takes whatever has queued since its
 //! last turn and publishes it as a batch, every publish of the batch polled
-//! together, so their frames reach lapin's I/O thread in one hand-over and
-//! their confirms come back in one wake-up. Each event is still published
-//! and confirmed on its own (a failure is that event's alone); only the
-//! hand-overs between threads are shared. Nothing waits to fill a batch:
-//! at a low rate a batch is one event.
+//! together, so their frames reach lapin's I/O thread close together (where
+//! it is still awake, they need no wake-up of their own) and their confirms
+//! are collected in one task. Each event is still published and confirmed on
+//! its own (a failure, even a panic, is that event's alone). Nothing waits
+//! to fill a batch: at a low rate a batch is one event.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,8 +36,9 @@ use crate::amqp::source_word;
 use crate::job::{Job, format_rfc3339};
 use crate::observe::metrics::Metrics;
 
-/// The most events one batch publishes.
-const MAX_BATCH: usize = 256;
+/// The most events one batch publishes (each wake-up polls every publish
+/// of the batch still pending, so a batch stays small).
+const MAX_BATCH: usize = 64;
 
 /// One event on its way: routing key, body, and its outcome's metric label.
 struct Pending {
@@ -106,14 +107,22 @@ async fn publish_batch(events: Vec<Pending>, publisher: SharedPublisher, metrics
 
 /// Publishes one event and counts (or logs) how it went.
 async fn publish_one(event: Pending, publisher: &SharedPublisher, metrics: &Metrics) {
-    let result = match publisher.get() {
-        Some(p) if publisher.blocked().is_none() => p
-            .publish_event(&event.key, &event.bytes)
-            .await
-            .map_err(|e| e.to_string()),
-        Some(_) => Err("the broker blocks publishing".to_owned()),
-        None => Err("not connected to the broker".to_owned()),
+    use futures_lite::FutureExt as _;
+    let publish = async {
+        match publisher.get() {
+            Some(p) if publisher.blocked().is_none() => p
+                .publish_event(&event.key, &event.bytes)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(_) => Err("the broker blocks publishing".to_owned()),
+            None => Err("not connected to the broker".to_owned()),
+        }
     };
+    // A panic loses this event only, not the rest of its batch.
+    let result = std::panic::AssertUnwindSafe(publish)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err("publishing panicked".to_owned()));
     match result {
         Ok(()) => metrics.event_published(event.label),
         Err(error) => {
