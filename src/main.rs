@@ -3,13 +3,15 @@
 //! configuration error). Everything else lives in the library.
 //!
 //! The worker runs on one async thread (tokio's current-thread runtime)
-//! beside lapin's own I/O thread. A job spends almost none of its time
-//! computing and most of it handing work between threads, so a second
-//! scheduler thread costs more in wake-ups and work-stealing than it gains:
-//! measured in `cargo bench --bench load`, the multi-threaded runtime used
-//! 15–20 % more CPU per job for lower throughput (docs/benchmark.md). One
-//! thread serves on the order of 10 000 jobs/s; a deployment that needs more
-//! runs more workers, which scale linearly.
+//! beside lapin's I/O threads (one per broker connection). A job spends
+//! almost none of its time computing and most of it handing work between
+//! threads, so a second scheduler thread adds wake-ups and work-stealing:
+//! in two alternating pairs of `cargo bench --bench load` runs the
+//! multi-threaded runtime used 14 % and 22 % more CPU per job, for 7 % and
+//! 14 % fewer jobs/s (docs/benchmark.md; this machine's noise between runs
+//! is of the same order, so it is a choice by measurement, not a proven
+//! gain). One thread serves on the order of 10 000 jobs/s; a deployment
+//! that needs more runs more workers, which scale linearly.
 
 use clap::Parser;
 use sms_dispatch::{Cli, execute};
