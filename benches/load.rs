@@ -556,11 +556,11 @@ async fn publish_all(channel: &Channel, exchange: &str, routing_key: &str, bodie
     }
 }
 
-/// A consumer that does nothing but ack: each message (`batch` 1), or every
-/// `batch` messages with `multiple = true`.
-/// The broker's limit: messages/s through a consumer that does no work, and
-/// that consumer's CPU per message (this process's, while it consumes: the
-/// fake Twilio in it is idle then), the floor of any lapin consumer.
+/// The broker's limit: messages/s through a consumer that does nothing but
+/// ack, each message (`batch` 1) or every `batch` messages with
+/// `multiple = true`, and that consumer's CPU per message (this process's,
+/// while it consumes: the fake Twilio in it is idle then), the floor of any
+/// lapin consumer.
 async fn broker_limit(messages: usize, prefetch: u16, batch: usize) -> (f64, f64) {
     broker_cycle(messages, prefetch, batch, Duration::ZERO).await
 }
@@ -572,22 +572,7 @@ async fn broker_cycle(messages: usize, prefetch: u16, batch: usize, hold: Durati
     let vhost = Vhost::create();
     let conn = vhost.connect().await;
     let channel = conn.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            "bench.limit".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    declare_quorum(&channel, "bench.limit").await;
     let bodies: Vec<Vec<u8>> = (0..messages)
         .map(|i| job_body(i, "+819000000000"))
         .collect();
@@ -646,6 +631,26 @@ async fn broker_cycle(messages: usize, prefetch: u16, batch: usize, hold: Durati
     let _ = conn.close(200, "done".into()).await;
     let counted = messages.saturating_sub(1) as f64;
     (counted / elapsed.as_secs_f64(), cpu * 1e6 / counted)
+}
+
+/// Declares a durable quorum queue `name`, as the worker's queues are.
+async fn declare_quorum(channel: &Channel, name: &str) {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
 }
 
 /// User + system CPU seconds process `pid` has used so far. A figure that cannot be read
@@ -1014,6 +1019,23 @@ struct Latency {
     peak_rss_mib: f64,
 }
 
+impl Latency {
+    /// The percentiles of `latencies` (ms, one per request seen) of `jobs`
+    /// jobs.
+    fn of(jobs: usize, mut latencies: Vec<f64>, peak_rss_mib: f64) -> Latency {
+        latencies.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Latency {
+            jobs,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: *latencies.last().unwrap(),
+            peak_rss_mib,
+        }
+    }
+}
+
 /// The broker's share of the latency: messages published at `rate`/s (with
 /// confirms, as the latency run does) to a quorum queue, each timed from
 /// publish to its delivery to a consumer that does no work but ack it.
@@ -1021,22 +1043,7 @@ async fn broker_latency(rate: u64, secs: u64, prefetch: u16) -> Latency {
     let vhost = Vhost::create();
     let conn = vhost.connect().await;
     let channel = conn.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            "bench.latency".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    declare_quorum(&channel, "bench.latency").await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -1106,20 +1113,12 @@ async fn broker_latency(rate: u64, secs: u64, prefetch: u16) -> Latency {
         .await
         .expect("the consumer did not receive every message")
         .unwrap();
-    let mut latencies: Vec<f64> = at
+    let latencies: Vec<f64> = at
         .iter()
         .zip(&sent_at)
         .map(|(got, sent)| got.unwrap().duration_since(*sent).as_secs_f64() * 1e3)
         .collect();
-    latencies.sort_by(f64::total_cmp);
-    let q = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    let result = Latency {
-        jobs,
-        p50_ms: q(0.50),
-        p99_ms: q(0.99),
-        max_ms: *latencies.last().unwrap(),
-        peak_rss_mib: 0.0,
-    };
+    let result = Latency::of(jobs, latencies, 0.0);
     let _ = consumer_conn.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
     result
@@ -1172,7 +1171,7 @@ async fn latency_at_rate(rate: u64, secs: u64, prefetch: u16) -> Latency {
         assert!(Instant::now() < deadline, "the worker did not finish");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut latencies: Vec<f64> = twilio
+    let latencies: Vec<f64> = twilio
         .requests()
         .iter()
         .map(|r| {
@@ -1181,15 +1180,7 @@ async fn latency_at_rate(rate: u64, secs: u64, prefetch: u16) -> Latency {
             r.at.duration_since(sent_at[i]).as_secs_f64() * 1e3
         })
         .collect();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    let result = Latency {
-        jobs,
-        p50_ms: at(0.50),
-        p99_ms: at(0.99),
-        max_ms: *latencies.last().unwrap(),
-        peak_rss_mib: worker.peak_rss_mib(),
-    };
+    let result = Latency::of(jobs, latencies, worker.peak_rss_mib());
     let _ = conn.close(200, "done".into()).await;
     result
 }
