@@ -27,7 +27,9 @@ pub(crate) async fn run(config: Config, dry_run: bool, role: Role) -> Result<(),
         Gateway::DryRun
     } else {
         let twilio = config.twilio_required()?;
-        Gateway::Twilio(TwilioClient::new(twilio).map_err(CliError::runtime)?)
+        Gateway::Twilio(Box::new(
+            TwilioClient::new(twilio).map_err(CliError::runtime)?,
+        ))
     };
     // Numbers' regions (abuse limits, the segments' country label) come
     // from libphonenumber's metadata: loaded now, not on the first job.

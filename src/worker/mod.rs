@@ -89,8 +89,8 @@ pub(crate) enum Finished {
 
 /// Where messages go: Twilio, or (with `--dry-run`) the log.
 pub(crate) enum Gateway {
-    /// The Messages API.
-    Twilio(TwilioClient),
+    /// The Messages API (boxed: the client is a few hundred bytes).
+    Twilio(Box<TwilioClient>),
     /// Renders and logs, masked, instead of calling Twilio.
     DryRun,
 }
@@ -195,10 +195,9 @@ impl Worker {
     /// `rejected`), so it is neither lost nor retried in a loop.
     pub(crate) async fn handle_guarded(&self, delivery: Delivery, handling: Handling) -> Finished {
         use futures_lite::FutureExt as _;
-        let acker = delivery.acker.clone();
         let sent = SentMark::default();
         self.metrics.in_flight.inc();
-        let outcome = std::panic::AssertUnwindSafe(self.handle(delivery, handling, &sent))
+        let outcome = std::panic::AssertUnwindSafe(self.handle(&delivery, handling, &sent))
             .catch_unwind()
             .await;
         self.metrics.in_flight.dec();
@@ -212,17 +211,17 @@ impl Worker {
             }
             Err(_) if sent.is_marked() => {
                 error!("the job handler panicked after Twilio accepted the job; acking it");
-                settle::ack_after_panic(&self.acks, &acker).await
+                settle::ack_after_panic(&self.acks, &delivery.acker).await
             }
             Err(_) => {
                 error!("the job handler panicked; rejecting the job to the dead-letter queue");
-                settle::reject(&self.acks, &acker).await
+                settle::reject(&self.acks, &delivery.acker).await
             }
         }
     }
 
     /// The life of one job. Returns how it left the worker.
-    async fn handle(&self, delivery: Delivery, handling: Handling, sent: &SentMark) -> Finished {
+    async fn handle(&self, delivery: &Delivery, handling: Handling, sent: &SentMark) -> Finished {
         let now = SystemTime::now();
         let received = Received::read(&delivery.properties, now);
 
@@ -239,7 +238,7 @@ impl Worker {
                 let span = info_span!("job", attempt = received.attempts + 1);
                 let error = invalid.to_string();
                 let letter = DeadLetter::new(Reason::InvalidJob, &error, &received);
-                return Box::pin(self.dead_letter(&delivery, letter, None).instrument(span)).await;
+                return Box::pin(self.dead_letter(delivery, letter, None).instrument(span)).await;
             }
         };
         let trace = received.trace.clone().or_else(|| {
@@ -275,7 +274,7 @@ impl Worker {
     /// almost never uses (docs/benchmark.md, peak RSS).
     async fn life_of(
         &self,
-        delivery: Delivery,
+        delivery: &Delivery,
         job: Job,
         received: Received,
         handling: Handling,
@@ -289,7 +288,7 @@ impl Worker {
                 store = "memory",
                 "already sent by this worker; acking the redelivery without sending"
             );
-            return Box::pin(self.ack_duplicate(&delivery, &job, received.attempts, None)).await;
+            return Box::pin(self.ack_duplicate(delivery, &job, received.attempts, None)).await;
         }
 
         // 2. Never a stale code.
@@ -299,7 +298,7 @@ impl Worker {
                 "expired before it could be sent",
                 &received,
             );
-            return Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await;
+            return Box::pin(self.dead_letter(delivery, letter, Some(&job))).await;
         }
 
         // 3. Choose the template.
@@ -310,16 +309,18 @@ impl Worker {
         else {
             let error = no_template_error(&job);
             let letter = DeadLetter::new(Reason::NoTemplate, &error, &received);
-            return Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await;
+            return Box::pin(self.dead_letter(delivery, letter, Some(&job))).await;
         };
         let body = template.render(&job.payload);
+        // Counted once: the limits charge it, the metrics and the log report it.
+        let counted = encoding::segments(&body);
 
         // 4. Abuse limits, before the first attempt only: a retry was
         //    admitted already, and so was a job the ingest checked.
         if received.attempts == 0 && !received.admitted {
-            let segments = encoding::segments(&body).count as u64;
+            let segments = counted.count as u64;
             if let Err(refusal) = Box::pin(self.limiter.admit(&job.to, job.ip(), segments)).await {
-                return Box::pin(self.block(&delivery, refusal, &received, &job)).await;
+                return Box::pin(self.block(delivery, refusal, &received, &job)).await;
             }
         }
 
@@ -350,7 +351,6 @@ impl Worker {
                 }
                 sent.mark();
                 tracing::Span::current().record("message_sid", accepted.sid.as_str());
-                let counted = encoding::segments(&body);
                 // Twilio answers `num_segments: "0"` at creation for
                 // Messaging Service sends (the count comes later): the
                 // local count stands in for it.
@@ -377,12 +377,12 @@ impl Worker {
                     age_ms = age.map(|a| a.as_millis() as u64),
                     "sent"
                 );
-                let finished = self.ack(&delivery, Finished::Sent).await;
+                let finished = self.ack(delivery, Finished::Sent).await;
                 if finished == Finished::Sent {
                     let outcome = events::Outcome::Sent {
                         message_sid: Some(&accepted.sid),
                     };
-                    self.emit(&delivery, &job, attempts, outcome);
+                    self.emit(delivery, &job, attempts, outcome);
                 }
                 finished
             }
@@ -395,9 +395,9 @@ impl Worker {
                         &received,
                     )
                 };
-                Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await
+                Box::pin(self.dead_letter(delivery, letter, Some(&job))).await
             }
-            SendResult::Paused => Box::pin(self.put_back(&delivery, &job, &received)).await,
+            SendResult::Paused => Box::pin(self.put_back(delivery, &job, &received)).await,
             SendResult::Duplicate(store) => {
                 self.metrics.duplicate(store.as_str());
                 let sid = match &store {
@@ -419,10 +419,10 @@ impl Worker {
                         Some(sid.as_str())
                     }
                 };
-                Box::pin(self.ack_duplicate(&delivery, &job, received.attempts, sid)).await
+                Box::pin(self.ack_duplicate(delivery, &job, received.attempts, sid)).await
             }
             SendResult::SentElsewhere => {
-                Box::pin(self.park_while_leased(&delivery, &received)).await
+                Box::pin(self.park_while_leased(delivery, &received)).await
             }
             SendResult::Reconciled(sid, attempts) => {
                 if job.id_is_distinct {
@@ -434,12 +434,12 @@ impl Worker {
                     outcome = "reconciled",
                     attempts, "an earlier attempt had created the message; acking without sending"
                 );
-                let finished = self.ack(&delivery, Finished::Sent).await;
+                let finished = self.ack(delivery, Finished::Sent).await;
                 if finished == Finished::Sent {
                     let outcome = events::Outcome::Sent {
                         message_sid: Some(&sid),
                     };
-                    self.emit(&delivery, &job, attempts, outcome);
+                    self.emit(delivery, &job, attempts, outcome);
                 }
                 finished
             }
@@ -462,7 +462,7 @@ impl Worker {
                         twilio_code: error.twilio_code(),
                         ..DeadLetter::new(reason, &text, &received)
                     };
-                    Box::pin(self.dead_letter(&delivery, letter, Some(&job))).await
+                    Box::pin(self.dead_letter(delivery, letter, Some(&job))).await
                 }
                 Next::Park { delay, tier } => {
                     let retry = settle::Retry {
@@ -471,9 +471,9 @@ impl Worker {
                         tier,
                         ambiguous_since,
                     };
-                    Box::pin(self.park(&delivery, &received, &error, retry)).await
+                    Box::pin(self.park(delivery, &received, &error, retry)).await
                 }
-                Next::Requeue => Box::pin(self.put_back(&delivery, &job, &received)).await,
+                Next::Requeue => Box::pin(self.put_back(delivery, &job, &received)).await,
             },
         }
     }
