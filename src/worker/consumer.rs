@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::{Finished, Gateway, Handling, Worker, WorkerSettings, with_ticket};
-use crate::amqp::{self, Publisher, SharedPublisher, topology};
+use crate::amqp::{self, CONFIRM_TIMEOUT, Publisher, SharedPublisher, topology};
 use crate::fleet::RedisStore;
 use crate::limits::Limiter;
 use crate::observe::health::Health;
@@ -193,6 +193,14 @@ pub(crate) async fn run(settings: WorkerSettings, options: RunOptions) -> Result
             unfinished = tracker.len(),
             "grace period over; unfinished jobs go back to the queue untouched"
         );
+    }
+    // The finished jobs' outcome events, before their connection closes
+    // (each publish is bounded by its confirm timeout; this, by the same).
+    if tokio::time::timeout(CONFIRM_TIMEOUT, worker.events_published())
+        .await
+        .is_err()
+    {
+        warn!("outcome events still unconfirmed at exit; they may be lost");
     }
     // A dead connection must not hold the exit up.
     let close = async {

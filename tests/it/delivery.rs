@@ -370,7 +370,8 @@ async fn sigint_stops_the_worker_as_gracefully_as_sigterm() {
 }
 
 /// Ten calls in flight when `stop` signals the worker: it waits for all ten,
-/// acks them and exits 0.
+/// acks them, publishes their outcome events (confirmed before it closes
+/// the connection) and exits 0.
 async fn jobs_in_flight_finish_on(signal: &str, stop: fn(&WorkerProcess)) {
     let twilio = FakeTwilio::start().await;
     // The calls stay in flight until the worker has taken the signal in.
@@ -381,6 +382,8 @@ async fn jobs_in_flight_finish_on(signal: &str, stop: fn(&WorkerProcess)) {
         WorkerProcess::start_ready(WorkerOptions::new(&vhost.url, &config, &twilio)).await;
     let conn = vhost.connect().await;
     let publisher = vhost.publisher(&conn).await;
+    let channel = conn.create_channel().await.unwrap();
+    let events = bind_events(&channel, "default.sent").await;
     let jobs: Vec<TestJob> = (0..10).map(|_| TestJob::new(&number(), "SignIn")).collect();
     for job in &jobs {
         publish(&publisher, job).await;
@@ -403,6 +406,12 @@ async fn jobs_in_flight_finish_on(signal: &str, stop: fn(&WorkerProcess)) {
     assert!(status.success(), "exit status {status} on {signal}");
     assert_eq!(twilio.accepted().len(), 10, "every job in flight finished");
     assert_eq!(vhost.ready("sms.send").await, 0, "and was acked");
+    // Confirmed before the exit, so in the queue now: no waiting.
+    assert_eq!(
+        ready(&channel, &events).await,
+        10,
+        "and its outcome event was published before the exit"
+    );
     worker.finish().await;
 }
 
