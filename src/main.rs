@@ -8,9 +8,10 @@
 //! threads, so a second scheduler thread adds wake-ups and work-stealing:
 //! in two alternating pairs of `cargo bench --bench load` runs the
 //! multi-threaded runtime used 14 % and 22 % more CPU per job, for 7 % and
-//! 14 % fewer jobs/s (docs/benchmark.md; this machine's noise between runs
-//! is of the same order, so it is a choice by measurement, not a proven
-//! gain). One thread serves on the order of 10 000 jobs/s; a deployment
+//! 14 % fewer jobs/s, and with Twilio at 200 ms and 500 in flight 28 %
+//! more CPU per job for the same jobs/s (docs/benchmark.md; this machine's
+//! noise between runs is of the same order, so it is a choice by
+//! measurement, not a proven gain). One thread serves on the order of 10 000 jobs/s; a deployment
 //! that needs more runs more workers, which scale linearly.
 
 use clap::Parser;
