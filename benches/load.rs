@@ -1085,30 +1085,12 @@ async fn broker_latency(rate: u64, secs: u64, prefetch: u16) -> Latency {
         }
         at
     });
-    let mut sent_at = Vec::with_capacity(jobs);
-    let mut confirms = Vec::with_capacity(jobs);
-    let start = tokio::time::Instant::now();
-    for i in 0..jobs {
-        tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
-        let body = job_body(i, "+819100000000");
-        sent_at.push(Instant::now());
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                "bench.latency".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(i.to_string().into()),
-            )
-            .await
-            .unwrap();
-        confirms.push(confirm);
-    }
-    for c in confirms {
-        assert!(c.await.unwrap().is_ack());
-    }
+    let sent_at = publish_paced(&channel, "", "bench.latency", jobs, rate, |i| {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(i.to_string().into())
+    })
+    .await;
     let at = tokio::time::timeout(Duration::from_secs(120), received)
         .await
         .expect("the consumer did not receive every message")
@@ -1122,6 +1104,42 @@ async fn broker_latency(rate: u64, secs: u64, prefetch: u16) -> Latency {
     let _ = consumer_conn.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
     result
+}
+
+/// Publishes `jobs` job bodies at a steady `rate` per second, each with
+/// `properties(i)`, waits for every confirm, and returns when each was
+/// published (index `i` is job `i`).
+async fn publish_paced(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    jobs: usize,
+    rate: u64,
+    properties: impl Fn(usize) -> BasicProperties,
+) -> Vec<Instant> {
+    let mut sent_at = Vec::with_capacity(jobs);
+    let mut confirms = Vec::with_capacity(jobs);
+    let start = tokio::time::Instant::now();
+    for i in 0..jobs {
+        tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
+        let body = job_body(i, "+819100000000");
+        sent_at.push(Instant::now());
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties(i),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    sent_at
 }
 
 /// Publishes at `rate` jobs/s to a ready worker and measures each job from
@@ -1142,30 +1160,12 @@ async fn latency_at_rate(rate: u64, secs: u64, prefetch: u16) -> Latency {
     worker.wait_ready().await;
 
     let jobs = (rate * secs) as usize;
-    let mut sent_at = Vec::with_capacity(jobs);
-    let mut confirms = Vec::with_capacity(jobs);
-    let start = tokio::time::Instant::now();
-    for i in 0..jobs {
-        tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
-        let body = job_body(i, "+819100000000");
-        sent_at.push(Instant::now());
-        let confirm = channel
-            .basic_publish(
-                "sms".into(),
-                "send".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap();
-        confirms.push(confirm);
-    }
-    for c in confirms {
-        assert!(c.await.unwrap().is_ack());
-    }
+    let sent_at = publish_paced(&channel, "sms", "send", jobs, rate, |_| {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while twilio.request_count() < jobs {
         assert!(Instant::now() < deadline, "the worker did not finish");

@@ -206,8 +206,9 @@ impl TwilioClient {
             "{}/2010-04-01/Accounts/{}/Messages.json",
             settings.base_url, settings.account_sid
         );
-        let url = reqwest::Url::parse(&url)
-            .map_err(|e| ClientBuildError(format!("the Messages URL {url}: {e}")))?;
+        let url = reqwest::Url::parse(&url).map_err(|e| {
+            ClientBuildError(format!("the Twilio base URL is not a valid URL: {e}"))
+        })?;
         let authorization = basic_authorization(&username, &password);
         Ok(TwilioClient {
             http,
